@@ -1,0 +1,978 @@
+"""
+dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss, a DiT and the
+diffusion objective with augmented diffusion training, plus checkpoint I/O for the official weights.
+
+Papers:
+  DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion Models", arXiv 2410.10733
+  DC-AE 1.5  Chen et al., "DC-AE 1.5: Accelerating Diffusion Model Convergence with Structured Latent Space",
+             ICCV 2025, arXiv 2508.00413
+  DiT        Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv 2212.09748
+  DDPM/DDIM  Ho et al., arXiv 2006.11239; Song et al., arXiv 2010.02502
+
+Map of this file (section -> paper):
+  1. Configs                        -> DC-AE 1.5 model zoo (f32c128 / f64c128), DC-AE Sec. 3
+  2. Autoencoder building blocks    -> DC-AE Sec. 3.2 "residual autoencoding" (space-to-channel shortcuts)
+  3. Encoder / Decoder / DCAE       -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs (partial latents)
+  4. Structured latent space        -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, sampling c'
+  5. Autoencoder loss               -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
+  6. DiT                            -> DiT Sec. 3 (adaLN-Zero blocks)
+  7. Diffusion objective + sampler  -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented Diffusion
+                                       Training", DDIM eq. 12, classifier-free guidance
+  8. Checkpoint I/O, official weights
+
+Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial compression.
+Module and parameter names follow the official DC-Gen code, so official state dicts load key for key.
+"""
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# =====================================================================================================
+# 1. Configs
+# =====================================================================================================
+
+
+@dataclass
+class EncoderConfig:
+    width_list: tuple = (128, 256, 512, 512, 1024, 1024)  # channels of each stage (stage i at H / 2^i)
+    depth_list: tuple = (0, 5, 10, 4, 4, 4)  # ResBlocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
+    norm: str = "trms2d"  # channel RMSNorm with weight and bias (official name "trms2d")
+    act: str = "silu"
+
+
+@dataclass
+class DecoderConfig:
+    width_list: tuple = (128, 256, 512, 512, 1024, 1024)
+    depth_list: tuple = (0, 5, 10, 4, 4, 4)
+    norm: str = "trms2d"
+    act: str = "silu"
+    out_norm: str = "trms2d"  # norm and act before the last (pixel-shuffle) conv
+    out_act: str = "silu"  # DC-AE 1.5 uses SiLU here; DC-AE 1.0 used ReLU
+
+
+@dataclass
+class DCAEConfig:
+    in_channels: int = 3
+    latent_channels: int = 128  # c in the paper
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # Multiply latents by this before diffusion (about 1 / RMS of the latents); None = unknown, measure it.
+    scaling_factor: Optional[float] = None
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("encoder").items()})
+        dec = DecoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("decoder").items()})
+        return cls(encoder=enc, decoder=dec, **d)
+
+    def to_dict(self):
+        return asdict(self)  # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
+
+
+def _dcae_config(width_list, depth_list, latent_channels, scaling_factor=None):
+    return DCAEConfig(latent_channels=latent_channels, scaling_factor=scaling_factor,
+                      encoder=EncoderConfig(tuple(width_list), tuple(depth_list)),
+                      decoder=DecoderConfig(tuple(width_list), tuple(depth_list)))
+
+
+DCAE_CONFIGS = {
+    # The two official DC-AE 1.5 autoencoders (DC-Gen `dc_ae_f32_1_5` / `dc_ae_f64_1_5`).
+    "dc-ae-f32c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024], [0, 5, 10, 4, 4, 4], 128),
+    # 0.5935 is the factor the official code pairs with this AE for its USiT models.
+    "dc-ae-f64c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024, 1024], [0, 5, 10, 4, 4, 4, 4], 128, 0.5935),
+    # Classroom preset: 64x64 images -> 4x4x64 latents. Same regime as the paper (deep compression f16,
+    # many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an official model.
+    "dc-ae-f16c64-classroom": _dcae_config([32, 64, 128, 128, 256], [0, 1, 1, 2, 2], 64),
+    # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
+    "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
+}
+
+
+def build_dcae_config(name):
+    if name not in DCAE_CONFIGS:
+        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(DCAE_CONFIGS)}")
+    return DCAEConfig.from_dict(DCAE_CONFIGS[name].to_dict())  # a fresh copy the caller may edit
+
+
+# =====================================================================================================
+# 2. Autoencoder building blocks
+# =====================================================================================================
+
+
+class RMSNorm2d(nn.Module):
+    """Channel RMSNorm of (B, C, H, W): y = x / sqrt(mean_c(x^2) + eps) * weight + bias.
+
+    No mean subtraction (unlike LayerNorm). Computed in fp32 whatever the input dtype, as the official
+    Triton kernel does, because the mean of squares of large activations overflows or loses bits in bf16.
+    """
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):  # (B, C, H, W)
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        y = y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
+        return y.to(x.dtype)
+
+
+def build_norm(name, channels):
+    if name is None:
+        return None
+    if name == "trms2d":
+        return RMSNorm2d(channels)
+    raise ValueError(f"unsupported norm {name!r}; this file implements 'trms2d' (channel RMSNorm)")
+
+
+def build_act(name):
+    acts = {None: None, "silu": nn.SiLU, "relu": nn.ReLU}
+    if name not in acts:
+        raise ValueError(f"unsupported activation {name!r}; choose one of {[k for k in acts if k]}")
+    return acts[name]() if acts[name] else None
+
+
+class ConvLayer(nn.Module):
+    """conv -> optional norm -> optional act. Holds `conv` and `norm` as the official ConvLayer does."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.norm = build_norm(norm, out_channels)
+        self.act = build_act(act)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+class ResBlock(nn.Module):
+    """The body of a residual block: norm(conv2(act(conv1(x)))); the `+ x` lives in ResidualBlock."""
+
+    def __init__(self, channels, norm, act):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3, bias=True, act=act)
+        self.conv2 = ConvLayer(channels, channels, 3, bias=False, norm=norm)  # norm follows, so no bias
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+class ResidualBlock(nn.Module):
+    """main(x) + shortcut(x). The shortcut never has parameters (identity or a space/channel reshuffle)."""
+
+    def __init__(self, main, shortcut):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.main(x) + self.shortcut(x)
+
+
+class OpSequential(nn.Module):
+    """nn.Sequential under the official name `op_list`, so state-dict keys read `...op_list.<j>...`."""
+
+    def __init__(self, ops):
+        super().__init__()
+        self.op_list = nn.ModuleList(ops)
+
+    def forward(self, x):
+        for op in self.op_list:
+            x = op(x)
+        return x
+
+
+class ConvPixelUnshuffleDownsample(nn.Module):
+    """Learned 2x downsample: 3x3 conv to out/4 channels, then space-to-channel (pixel unshuffle)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels // 4, 3, bias=True)
+
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H/2, W/2)
+        return F.pixel_unshuffle(self.conv(x), 2)
+
+
+class ChannelAveragingDownsample(nn.Module):
+    """DC-AE's non-parametric downsample shortcut ("residual autoencoding", DC-AE Sec. 3.2).
+
+    Space-to-channel turns (C, H, W) into (4C, H/2, W/2) losslessly; groups of g = 4C/out consecutive
+    channels are then averaged to reach `out`. The learned path only has to model the residual.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.group = in_channels * 4 // out_channels
+
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H/2, W/2)
+        x = F.pixel_unshuffle(x, 2)
+        B, C, H, W = x.shape
+        return x.view(B, C // self.group, self.group, H, W).mean(dim=2)
+
+
+class ConvPixelShuffleUpsample(nn.Module):
+    """Learned 2x upsample: 3x3 conv to 4*out channels, then channel-to-space (pixel shuffle)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels * 4, 3, bias=True)
+
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, 2H, 2W)
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+class ChannelDuplicatingUpsample(nn.Module):
+    """The decoder's non-parametric shortcut: repeat each channel r times, then channel-to-space.
+
+    With r = 4 this is nearest-neighbour 2x upsampling; with r = 2 each output pixel pair shares a channel.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.repeats = out_channels * 4 // in_channels
+
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, 2H, 2W)
+        return F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
+
+
+class AdaptiveOutputConv(nn.Module):
+    """The encoder's last conv (DC-AE 1.5 `AdaptiveOutputConvLayer`): it can emit only its first c' channels.
+
+    Output channel k depends only on weight[k], so computing the first c' rows gives exactly
+    encode(x)[:, :c'] at c'/c of the cost.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+
+    def forward(self, x, out_channels=None):  # (B, Cin, h, w) -> (B, c', h, w)
+        c = self.conv.out_channels if out_channels is None else out_channels
+        return F.conv2d(x, self.conv.weight[:c], self.conv.bias[:c], padding=1)
+
+
+class AdaptiveInputConv(nn.Module):
+    """The decoder's first conv (DC-AE 1.5 `AdaptiveInputConvLayer`): it accepts any c' <= c input channels.
+
+    Using only the first c' input columns of the weight is exactly the full conv applied to the latent
+    zero-filled to c channels, i.e. to z * mask_{c,c'}. The bias is kept whole.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+
+    def forward(self, z):  # (B, c', h, w) -> (B, Cout, h, w)
+        return F.conv2d(z, self.conv.weight[:, : z.shape[1]], self.conv.bias, padding=1)
+
+
+# =====================================================================================================
+# 3. Encoder / Decoder / DCAE
+# =====================================================================================================
+
+
+def _check_lists(width_list, depth_list, who):
+    if len(width_list) != len(depth_list) or len(width_list) < 2:
+        raise ValueError(f"{who}: width_list and depth_list need the same length >= 2, got {width_list}, {depth_list}")
+    if any(d <= 0 for d in depth_list[1:]):
+        raise ValueError(f"{who}: every stage after the first needs depth >= 1 (a zero-depth stage would skip "
+                         f"its resampling), got depth_list={depth_list}")
+    if any(w % 4 for w in width_list[1:]):
+        raise ValueError(f"{who}: widths must be multiples of 4 for the pixel (un)shuffle layers, got {width_list}")
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DCAEConfig):
+        super().__init__()
+        e = cfg.encoder
+        w, d = e.width_list, e.depth_list
+        _check_lists(w, d, "encoder")
+        # Stem. With depth_list[0] == 0 (all DC-AE 1.5 models) stage 0 is skipped and the stem itself is a
+        # learned 2x downsample without shortcut: 3 channels have nothing to average.
+        if d[0] > 0:
+            self.project_in = ConvLayer(cfg.in_channels, w[0], 3, bias=True)
+        else:
+            self.project_in = ConvPixelUnshuffleDownsample(cfg.in_channels, w[1])
+        # stages[i] works at width[i]. A depth-0 stage stays an empty OpSequential: it holds no keys but
+        # keeps the official stage indices (the f32 encoder's first keys are under stages.1).
+        self.stages = nn.ModuleList()
+        for i in range(len(w)):
+            ops = [ResidualBlock(ResBlock(w[i], e.norm, e.act), nn.Identity()) for _ in range(d[i])]
+            if i < len(w) - 1 and d[i] > 0:  # downsample at the end of every stage but the last
+                ops.append(ResidualBlock(ConvPixelUnshuffleDownsample(w[i], w[i + 1]),
+                                         ChannelAveragingDownsample(w[i], w[i + 1])))
+            self.stages.append(OpSequential(ops))
+        # DC-AE 1.5 drops 1.0's averaging shortcut here so that the conv can be truncated to c' outputs.
+        self.project_out = OpSequential([AdaptiveOutputConv(w[-1], cfg.latent_channels)])
+
+    def forward(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
+        x = self.project_in(x)  # (B, width[1], H/2, W/2)
+        for stage in self.stages:  # empty stages (depth 0) pass x through unchanged
+            x = stage(x)
+        # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f): the trunk runs once whatever c' is
+        return self.project_out.op_list[0](x, out_channels=latent_channels)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DCAEConfig):
+        super().__init__()
+        dc = cfg.decoder
+        w, d = dc.width_list, dc.depth_list
+        _check_lists(w, d, "decoder")
+        self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])  # no shortcut in 1.5 (see Encoder)
+        # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
+        self.stages = nn.ModuleList()
+        for i in range(len(w)):
+            ops = []
+            if i < len(w) - 1 and d[i] > 0:  # stage i starts by upsampling from stage i+1's resolution
+                ops.append(ResidualBlock(ConvPixelShuffleUpsample(w[i + 1], w[i]),
+                                         ChannelDuplicatingUpsample(w[i + 1], w[i])))
+            ops += [ResidualBlock(ResBlock(w[i], dc.norm, dc.act), nn.Identity()) for _ in range(d[i])]
+            self.stages.append(OpSequential(ops))
+        # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv. With
+        # depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder stem.
+        c = w[0] if d[0] > 0 else w[1]
+        last = ConvLayer(c, cfg.in_channels, 3, bias=True) if d[0] > 0 else ConvPixelShuffleUpsample(c, cfg.in_channels)
+        self.project_out = OpSequential([build_norm(dc.out_norm, c), build_act(dc.out_act), last])
+
+    def forward(self, z):  # (B, c', h, w) -> (B, 3, H, W)
+        x = self.project_in(z)  # (B, width[-1], h, w); missing channels act as zeros
+        for stage in reversed(self.stages):  # deepest stage first; stage i ends at H / 2^i
+            x = stage(x)
+        return self.project_out(x)
+
+
+class DCAE(nn.Module):
+    """Deep Compression Autoencoder with the DC-AE 1.5 adaptive (partial-channel) latent.
+
+    encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and treats the
+    missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
+    """
+
+    def __init__(self, cfg: DCAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def latent_channels(self):
+        return self.cfg.latent_channels
+
+    @property
+    def spatial_compression_ratio(self):
+        # stem (when depth[0] == 0) plus one downsample per stage but the last
+        return 2 ** (len(self.cfg.encoder.width_list) - 1)
+
+    def check_images(self, x):
+        f = self.spatial_compression_ratio
+        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the spatial compression "
+                             f"{f} of this autoencoder; resize or crop to a multiple of {f}")
+
+    def check_latent_channels(self, c_prime):
+        c = self.cfg.latent_channels
+        if c_prime is not None and not (isinstance(c_prime, int) and 1 <= c_prime <= c):
+            raise ValueError(f"latent_channels (c') must be an int in [1, {c}], got {c_prime!r}")
+
+    def encode(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
+        self.check_images(x)
+        self.check_latent_channels(latent_channels)
+        return self.encoder(x, latent_channels)
+
+    def decode(self, z):  # (B, c', h, w) -> (B, 3, h*f, w*f)
+        if z.dim() != 4 or not (1 <= z.shape[1] <= self.cfg.latent_channels):
+            raise ValueError(f"expected a latent of shape (B, c', h, w) with 1 <= c' <= {self.cfg.latent_channels}, "
+                             f"got {tuple(z.shape)}")
+        return self.decoder(z)
+
+    def forward(self, x, latent_channels=None):
+        """Reconstruct x from its first c' latent channels: D(E(x) * mask_{c,c'}).
+
+        `latent_channels` may be None (all), an int (one c' for the batch: the encoder computes only c'
+        channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns (x_rec, z).
+        """
+        if isinstance(latent_channels, torch.Tensor):
+            z = self.encode(x)
+            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)
+        else:
+            z = self.encode(x, latent_channels)
+        return self.decode(z), z
+
+
+# =====================================================================================================
+# 4. Structured latent space (DC-AE 1.5, Sec. 3)
+# =====================================================================================================
+
+
+def channel_mask(latent_channels, c_prime, device=None):
+    """mask_{c,c'} = (1 x c', 0 x (c - c')), shaped to broadcast over (B, C, H, W).
+
+    DC-AE 1.5: "we randomly sample c' channels ... and reconstruct from z * mask_{c,c'}", so the front
+    channels must carry the object structure on their own and later channels add detail.
+    c_prime: an int -> mask of shape (1, C, 1, 1); a (B,) tensor -> one mask per sample, (B, C, 1, 1).
+    """
+    c = latent_channels
+    if isinstance(c_prime, torch.Tensor):  # per-sample c': one row of the mask per sample
+        if c_prime.dim() != 1 or c_prime.min() < 1 or c_prime.max() > c:
+            raise ValueError(f"c' must be a 1-D tensor of values in [1, {c}], got {c_prime}")
+        device = c_prime.device
+        keep = c_prime.view(-1, 1)
+    else:
+        if not (isinstance(c_prime, int) and 1 <= c_prime <= c):
+            raise ValueError(f"c' must be an int in [1, {c}], got {c_prime!r}")
+        keep = torch.tensor([[c_prime]], device=device)
+    # channel k is kept iff k < c'  ->  (B or 1, C), then broadcast over H and W
+    return (torch.arange(c, device=device).view(1, -1) < keep).float()[:, :, None, None]
+
+
+def default_channel_choices(latent_channels):
+    """Candidate values of c': multiples of c/8 up to c (16, 32, ..., 128 for c = 128).
+
+    NOTE: a guess. The official list is unreleased; the official checkpoints of the paper's Figure 3 exist
+    for c' in {16, 32, ..., 112, 128}, which suggests this list.
+    """
+    return sorted({max(1, round(latent_channels * k / 8)) for k in range(1, 9)})
+
+
+def check_channel_choices(choices, latent_channels):
+    choices = [int(c) for c in choices]
+    if not choices or any(not (1 <= c <= latent_channels) for c in choices):
+        raise ValueError(f"channel choices must be a non-empty list of values in [1, {latent_channels}], got {choices}")
+    return sorted(set(choices))
+
+
+def sample_latent_channels(choices, batch_size=None, generator=None, device=None):
+    """Draw c' uniformly (with replacement) from `choices`.
+
+    batch_size=None gives one int for the whole batch, as the official trainer does (every sample of a
+    rank shares c'); an int gives a (batch_size,) tensor, one c' per sample.
+    NOTE: one-per-batch vs per-sample is the official AE trainer's option; which the paper used is unknown.
+    """
+    # Draw on the generator's device so that a seeded CPU generator gives the same c' on every machine.
+    idx = torch.randint(len(choices), (1 if batch_size is None else batch_size,), generator=generator,
+                        device=generator.device if generator is not None else "cpu")
+    values = torch.tensor(choices, device=idx.device)[idx]
+    # An int for the whole batch lets the encoder compute only c' channels (cheaper than masking).
+    return int(values[0]) if batch_size is None else values.to(device or values.device)
+
+
+# =====================================================================================================
+# 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge)
+# =====================================================================================================
+
+VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads for VGG16
+
+
+def build_lpips(mode="auto"):
+    """The frozen VGG-LPIPS network, or None.
+
+    mode 'off': None. 'on': LPIPS or an error. 'auto': LPIPS if the VGG16 weights are in the torch hub
+    cache or can be downloaded, else None after one warning. The returned net is in eval mode (its
+    dropout off) with requires_grad False, and must not be registered as a submodule of a trained model.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"perceptual mode must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode == "off":
+        return None
+    import lpips  # noqa: imported here so that the module loads without it for inference-only users
+
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" noise inside lpips
+            net = lpips.LPIPS(net="vgg", verbose=False)
+    except OSError as err:  # URLError is an OSError: offline and not cached
+        msg = (f"LPIPS needs the VGG16 ImageNet weights, which are not at {path} and could not be downloaded "
+               f"({err}). Copy {VGG16_FILE} (from https://download.pytorch.org/models/{VGG16_FILE}) to "
+               f"{os.path.dirname(path)}/ (set TORCH_HOME to use another cache)")
+        if mode == "on":
+            raise RuntimeError(msg) from err
+        warnings.warn(msg + "; training continues WITHOUT the perceptual loss (--perceptual off silences this)")
+        return None
+    return freeze(net)
+
+
+def freeze(net):
+    net.eval()
+    net.requires_grad_(False)
+    return net
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator (pix2pix / taming layout): one real/fake logit per overlapping patch.
+
+    NOTE: the DC-AE discriminator is unreleased. This is the common VQGAN-style choice, with GroupNorm
+    in place of BatchNorm so that results do not depend on the per-GPU batch size or on DDP ranks.
+    """
+
+    def __init__(self, in_channels=3, width=64, n_layers=3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        c = width
+        for i in range(1, n_layers + 1):
+            c_next = width * min(2**i, 8)
+            stride = 2 if i < n_layers else 1  # last block keeps the resolution
+            layers += [nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=False),
+                       nn.GroupNorm(32 if c_next % 32 == 0 else 1, c_next), nn.LeakyReLU(0.2)]
+            c = c_next
+        layers.append(nn.Conv2d(c, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():  # DCGAN init
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, 1, h, w) patch logits
+        return self.main(x)
+
+
+class AutoencoderLoss:
+    """l(x, D(z * mask)) = w_l1 * L1 + w_lpips * LPIPS + [step >= gan_start] * w_gan * GAN.
+
+    A plain object, not an nn.Module: the discriminator (trained by its own optimizer) and the frozen
+    LPIPS network live here so that neither is ever a submodule of the autoencoder.
+    NOTE: the official weights and GAN schedule are unreleased (DC-AE trains phase 1-2 with L1 + LPIPS and
+    adds the GAN in phase 3). Defaults here are ours; the GAN weight is fixed (no VQGAN adaptive weight).
+    """
+
+    def __init__(self, discriminator=None, perceptual=None, l1_weight=1.0, lpips_weight=1.0,
+                 gan_weight=0.1, gan_start=0):
+        self.discriminator = discriminator
+        self.perceptual = perceptual
+        self.l1_weight, self.lpips_weight, self.gan_weight, self.gan_start = l1_weight, lpips_weight, gan_weight, gan_start
+
+    def gan_active(self, step):
+        return self.discriminator is not None and self.gan_weight > 0 and step >= self.gan_start
+
+    def generator_loss(self, x, x_rec, step):
+        """Loss for the autoencoder and a dict of its detached terms. x, x_rec: (B, 3, H, W) in [-1, 1]."""
+        terms = {"l1": (x_rec - x).abs().mean()}
+        if self.perceptual is not None:  # LPIPS expects [-1, 1], which is our image range
+            terms["lpips"] = self.perceptual(x_rec.float(), x.float()).mean()
+        if self.gan_active(step):
+            terms["gan"] = -self.discriminator(x_rec).float().mean()  # hinge generator loss
+        # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit #143).
+        weights = {"l1": self.l1_weight, "lpips": self.lpips_weight, "gan": self.gan_weight}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+    def discriminator_loss(self, x, x_rec):
+        """Hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))), both halves weighted 1/2."""
+        # detach: this loss trains the discriminator only; the autoencoder gets generator_loss
+        logits_real = self.discriminator(x.detach()).float()
+        logits_fake = self.discriminator(x_rec.detach()).float()
+        return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+# =====================================================================================================
+# 6. DiT (Peebles & Xie) with adaLN-Zero
+# =====================================================================================================
+
+
+@dataclass
+class DiTConfig:
+    input_size: int = 16  # latent height = width
+    in_channels: int = 128  # latent channels c
+    patch_size: int = 1  # the official DC-AE diffusion models all use p = 1
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1  # labels replaced by the null class for classifier-free guidance
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# Standard DiT sizes (depth, hidden, heads) plus small ones for tests and the classroom.
+DiT_CONFIGS = {
+    "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
+    "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "DiT-B": dict(depth=12, hidden_size=768, num_heads=12),
+    "DiT-S": dict(depth=12, hidden_size=384, num_heads=6),
+    "DiT-classroom": dict(depth=6, hidden_size=256, num_heads=4),
+    "DiT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
+}
+
+
+def build_dit_config(name, **kwargs):
+    if name not in DiT_CONFIGS:
+        raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(DiT_CONFIGS)}")
+    return DiTConfig(**DiT_CONFIGS[name], **kwargs)
+
+
+def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """GLIDE sinusoidal embedding [cos | sin] of (possibly fractional) timesteps t: (B,) -> (B, dim)."""
+    half = dim // 2
+    # geometric frequencies from 1 down to 1/max_period, so both slow and fast changes in t are visible
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden_size, frequency_size=256):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t):  # (B,) -> (B, D)
+        return self.mlp(timestep_embedding(t, self.frequency_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row, index num_classes, for the null label of classifier-free guidance."""
+
+    def __init__(self, num_classes, hidden_size, dropout_prob):
+        super().__init__()
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, y):  # (B,) -> (B, D)
+        if self.training and self.dropout_prob > 0:  # label dropout: learn the unconditional model too
+            drop = torch.rand(y.shape, device=y.device) < self.dropout_prob
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return self.embedding_table(y)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # (B, N, D)
+        B, N, D = x.shape
+        # (B, N, 3D) -> 3 x (B, heads, N, D/heads)
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads); flash kernel on GPU
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class DiTBlock(nn.Module):
+    """Transformer block whose LayerNorms are modulated by the condition (adaLN), with zero-init gates."""
+
+    def __init__(self, hidden_size, num_heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        hidden = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden_size))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x, c):  # x: (B, N, D), c: (B, D)
+        # the condition regresses a shift, scale and gate for each of the two sub-layers
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size, patch_size, out_channels):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x, c):  # (B, N, D) -> (B, N, p*p*C)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def sincos_pos_embed_2d(dim, grid_size):
+    """Fixed 2D sin-cos positions, (grid_size^2, dim): half the dims encode the row, half the column."""
+    pos = torch.arange(grid_size, dtype=torch.float64)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
+
+    def embed(p):  # (N,) -> (N, dim/2)
+        out = p.reshape(-1, 1) * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    return torch.cat([embed(cols), embed(rows)], dim=1).float()
+
+
+class DiT(nn.Module):
+    """Class-conditional DiT predicting the noise eps of a latent x_t. Works for any number of channels.
+
+    NOTE: we predict eps only (no learned variance, learn_sigma=False): the DDIM sampler does not need it.
+    The official DiT-XL baseline learns sigma with a variational bound term.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        if cfg.input_size % cfg.patch_size or cfg.hidden_size % cfg.num_heads or cfg.hidden_size % 4:
+            raise ValueError(f"input_size must be divisible by patch_size, and hidden_size by num_heads and by 4 "
+                             f"(for the 2D sin-cos positions); got {cfg}")
+        self.cfg = cfg
+        p, D = cfg.patch_size, cfg.hidden_size
+        self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob)
+        grid = cfg.input_size // p
+        # Fixed, not learned, and not saved: it is a function of the config, rebuilt on load.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
+        self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        for m in self.modules():  # DiT's init: xavier linears, zero biases
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.weight  # initialise the patch conv like the linear layer it is
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity and the output starts at 0.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def unpatchify(self, x):  # (B, N, p*p*C) -> (B, C, H, W)
+        p, C = self.cfg.patch_size, self.cfg.in_channels
+        h = w = self.cfg.input_size // p
+        x = x.view(x.shape[0], h, w, p, p, C)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], C, h * p, w * p)
+
+    def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps: (B, C, H, W)
+        # patchify: a p x p conv with stride p turns each patch into one token; N = (H/p) * (W/p)
+        x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D): the condition every block is modulated by
+        for block in self.blocks:
+            x = block(x, c)
+        return self.unpatchify(self.final_layer(x, c))
+
+    def forward_with_cfg(self, x, t, y, cfg_scale):
+        """Classifier-free guidance over all latent channels: eps_u + s * (eps_c - eps_u), one batched pass."""
+        null = torch.full_like(y, self.cfg.num_classes)  # the extra label-table row
+        # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code guides all.
+        eps_cond, eps_uncond = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
+
+# =====================================================================================================
+# 7. Diffusion objective with augmented diffusion training, and the DDIM sampler
+# =====================================================================================================
+
+
+class GaussianDiffusion:
+    """DDPM forward process x_t = alpha_t x_0 + sigma_t eps, linear betas 1e-4 .. 0.02 over 1000 steps.
+
+    alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), as in DiT / the official GaussianDiffusion.
+    """
+
+    def __init__(self, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+        self.num_timesteps = num_timesteps
+        # float64: 1 - alphabar near t = 0 is ~1e-4 and the cumulative product loses digits in fp32
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # stays on the CPU; indexed, then cast
+
+    def alpha_sigma(self, t, ndim=4):  # t: (B,) long -> alpha_t, sigma_t broadcastable to (B, C, H, W)
+        abar = self.alphas_cumprod.to(t.device)[t].float().view(-1, *([1] * (ndim - 1)))
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def q_sample(self, x0, t, noise):
+        alpha, sigma = self.alpha_sigma(t, x0.dim())
+        return alpha * x0 + sigma * noise
+
+    def diffusion_loss(self, model, x0, y, mask=None, generator=None):
+        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2, averaged over the kept elements only.
+
+        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`) gives the DC-AE 1.5
+        augmented objective; normalising by c' * H * W (not C * H * W) matches the official code, which
+        runs the model on the first c' channels and takes a plain mean. The model is not told c'.
+        """
+        B = x0.shape[0]
+        # each call draws its own t ~ U{0..T-1} and noise, as each official pass does
+        t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if mask is None:
+            mask = torch.ones_like(x0[:1, :, :1, :1])
+        # Masking after noising equals noising the masked latent: the masked channels of x_t are exactly 0,
+        # the same input the official code gives its patch embedding when it slices the conv to c' channels.
+        x_t = self.q_sample(x0, t, noise) * mask
+        eps_pred = model(x_t, t, y)
+        sq_err = ((noise - eps_pred.float()) * mask).pow(2)  # the loss is taken in fp32 under autocast
+        kept = mask.expand_as(x0).sum(dim=(1, 2, 3))  # c' * H * W per sample
+        return (sq_err.sum(dim=(1, 2, 3)) / kept).mean()
+
+    def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
+        """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
+
+        With w = 1 this is the official trainer's mean over the full-channel pass and one c' pass (each
+        with its own t and noise). c_prime=None (or w = 0) gives the plain objective, the baseline.
+        Returns (loss, {"loss_full", "loss_masked"}).
+        """
+        loss_full = self.diffusion_loss(model, x0, y, generator=generator)
+        if c_prime is None or aug_weight == 0:
+            return loss_full, {"loss_full": loss_full.detach()}
+        mask = channel_mask(x0.shape[1], c_prime, device=x0.device)
+        loss_masked = self.diffusion_loss(model, x0, y, mask=mask, generator=generator)
+        loss = (loss_full + aug_weight * loss_masked) / (1 + aug_weight)
+        return loss, {"loss_full": loss_full.detach(), "loss_masked": loss_masked.detach()}
+
+    @torch.no_grad()
+    def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None, latent_channels=None):
+        """DDIM (Song et al. eq. 12) from pure noise to x_0. eta=0 is deterministic, eta=1 ancestral (DDPM-like).
+
+        cfg_scale != 1 applies classifier-free guidance over all channels. latent_channels=c' generates only
+        the first c' channels (the rest stay exactly 0), to show what the object channels alone encode.
+        Returns latents of `shape` in the diffusion model's (scaled) latent space.
+        """
+        B, C = shape[0], shape[1]
+        device = y.device
+        if not (1 <= steps <= self.num_timesteps):
+            raise ValueError(f"steps must be in [1, {self.num_timesteps}], got {steps}")
+        # With c' < C the masked channels start at 0 and stay 0: the model sees exactly the inputs it was
+        # trained on by the augmented objective, and the decoder zero-fills the rest anyway.
+        mask = channel_mask(C, latent_channels if latent_channels is not None else C, device=device)
+        x = torch.randn(shape, generator=generator, device=device) * mask
+        # `steps` timesteps evenly spread over [T-1, 0], from pure noise down to (almost) clean
+        ts = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        abar = self.alphas_cumprod
+        for i, t in enumerate(ts):
+            t_batch = torch.full((B,), t, device=device, dtype=torch.long)
+            eps = model.forward_with_cfg(x, t_batch, y, cfg_scale) if cfg_scale != 1.0 else model(x, t_batch, y)
+            eps = eps.float() * mask
+            a_t = abar[t].item()
+            a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0  # the last step lands on x_0
+            # predicted clean latent; not clipped, since latents have no fixed range (official: clip_denoised=False)
+            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            # DDIM eq. 16: eta interpolates between the deterministic ODE path (0) and DDPM's posterior noise (1)
+            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+            x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(shape, generator=generator, device=device) * mask
+        return x
+
+
+# =====================================================================================================
+# 8. Checkpoint I/O and official weights
+# =====================================================================================================
+
+
+def save_checkpoint(obj, path):
+    """torch.save atomically: write a temp file in the same folder, then rename over `path`.
+
+    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that it
+    loads with weights_only=True; a crash mid-write leaves the previous file intact.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"  # same folder, so os.replace is an atomic rename, not a copy
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (weights_only=True: no pickled code runs) onto the CPU."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_state_dict(model, state_dict, max_listed=5):
+    """Raise ValueError listing the first offenders if keys or shapes differ from the model's."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    problems = []
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
+            problems.append(f"{len(items)} {what}: {items[:max_listed]}{more}")
+    if problems:
+        raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
+
+
+def read_state_dict(path):
+    """Read the tensors of an official DC-AE file: .safetensors, or .pt/.pth holding {"state_dict": ...} or a state dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"autoencoder weights not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs the optional package safetensors: pip install safetensors") from err
+        return load_file(path, device="cpu")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def load_official_dcae(path, name):
+    """Build the preset `name` and load official weights into it strictly. Returns (ae, scaling_factor).
+
+    Only keys under "encoder." and "decoder." are read (as the official loader does: a training file may
+    also hold a discriminator); any missing, unexpected or mis-shaped AE key is an error, never ignored.
+    Weights: the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5 (model.safetensors).
+    scaling_factor is None when the official code does not give one (f32c128-1.5): measure it with
+    `measure_latent_scale`.
+    """
+    ae = DCAE(build_dcae_config(name))
+    # tolerate the prefixes DDP and torch.compile add when a wrapped model is saved
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in read_state_dict(path).items()}
+    sd = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+    check_state_dict(ae, sd)
+    ae.load_state_dict(sd, strict=True)
+    scale = ae.cfg.scaling_factor
+    if scale is None:
+        warnings.warn(f"no official latent scaling factor is known for {name}; measure it on your data with "
+                      "dcae15.measure_latent_scale (1 / RMS of the latents) before training a diffusion model")
+    return ae.eval(), scale
+
+
+@torch.no_grad()
+def measure_latent_scale(ae, images_iter, latent_channels=None):
+    """1 / RMS of the latents over an iterable of image batches: the rule the official factors follow."""
+    total, count = 0.0, 0  # running sums in float64, so the result does not depend on batching
+    for x in images_iter:
+        z = ae.encode(x, latent_channels).double()
+        total += z.pow(2).sum().item()
+        count += z.numel()
+    if count == 0:
+        raise ValueError("measure_latent_scale got no images")
+    return 1.0 / math.sqrt(total / count)

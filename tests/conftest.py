@@ -1,0 +1,25 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dcae15  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_ae():
+    """The fact sheet's 34-key tiny DC-AE 1.5 (f4, 8 latent channels), with non-trivial norm affines."""
+    ae = dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny"))
+    with torch.no_grad():
+        for name, p in ae.named_parameters():
+            if "norm" in name:  # the default (1, 0) affine would hide bugs in how it is applied
+                p.add_(0.1 * torch.randn_like(p))
+    return ae.eval()

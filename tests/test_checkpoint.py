@@ -1,0 +1,46 @@
+"""Checkpoint I/O: atomic writes, weights_only loading, plain-value configs, latent scale."""
+
+import math
+import os
+
+import pytest
+import torch
+
+import dcae15
+
+
+def test_atomic_save_and_safe_load(tmp_path, tiny_ae):
+    path = str(tmp_path / "last.pt")
+    ckpt = {"config": tiny_ae.cfg.to_dict(), "model": tiny_ae.state_dict(), "step": 7, "latent_scale": 0.5}
+    dcae15.save_checkpoint(ckpt, path)
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+    loaded = dcae15.load_checkpoint(path)  # weights_only=True
+    ae = dcae15.DCAE(dcae15.DCAEConfig.from_dict(loaded["config"]))
+    ae.load_state_dict(loaded["model"], strict=True)
+    assert loaded["step"] == 7
+
+    # a failed write (an object that cannot be saved safely is fine to save, but this one cannot be saved
+    # at all) leaves the previous checkpoint intact and no temp file
+    with pytest.raises(Exception):
+        dcae15.save_checkpoint({"bad": lambda: 0}, path)
+    assert os.listdir(tmp_path) == ["last.pt"]
+    assert dcae15.load_checkpoint(path)["step"] == 7
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        dcae15.load_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_load_refuses_pickled_objects(tmp_path):
+    import argparse
+
+    path = str(tmp_path / "pickled.pt")
+    torch.save({"args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(Exception, match="weights_only"):
+        dcae15.load_checkpoint(path)
+
+
+def test_measure_latent_scale(tiny_ae):
+    batches = [torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)]
+    z = torch.cat([tiny_ae.encode(x) for x in batches])
+    assert dcae15.measure_latent_scale(tiny_ae, batches) == pytest.approx(1 / math.sqrt(z.pow(2).mean().item()), rel=1e-5)
+    with pytest.raises(ValueError):
+        dcae15.measure_latent_scale(tiny_ae, [])
