@@ -573,11 +573,15 @@ class AutoencoderLoss:
         loss = sum(weights[k] * v for k, v in terms.items())
         return loss, {k: v.detach() for k, v in terms.items()}
 
-    def discriminator_loss(self, x, x_rec):
-        """Hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))), both halves weighted 1/2."""
-        # detach: this loss trains the discriminator only; the autoencoder gets generator_loss
-        logits_real = self.discriminator(x.detach()).float()
-        logits_fake = self.discriminator(x_rec.detach()).float()
+    def discriminator_loss(self, x, x_rec, discriminator=None):
+        """Hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))), both halves weighted 1/2.
+
+        `discriminator` overrides self.discriminator, e.g. with its DistributedDataParallel wrapper.
+        """
+        disc = discriminator if discriminator is not None else self.discriminator
+        # One pass over real and fake together (GroupNorm is per sample, so this equals two passes, and DDP
+        # sees one forward per backward). detach: this loss trains the discriminator only.
+        logits_real, logits_fake = disc(torch.cat([x, x_rec]).detach()).float().chunk(2)
         return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
@@ -812,14 +816,15 @@ class GaussianDiffusion:
         return alpha * x0 + sigma * noise
 
     def diffusion_loss(self, model, x0, y, mask=None, generator=None):
-        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2, averaged over the kept elements only.
+        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2, averaged over the kept elements only; (B,) losses.
 
-        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`) gives the DC-AE 1.5
-        augmented objective; normalising by c' * H * W (not C * H * W) matches the official code, which
-        runs the model on the first c' channels and takes a plain mean. The model is not told c'.
+        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`, one row or one per
+        sample) gives the DC-AE 1.5 augmented objective. Normalising by c' * H * W (not C * H * W) matches
+        the official code, which runs the model on the first c' channels and takes a plain mean.
+        The model is not told c'.
         """
         B = x0.shape[0]
-        # each call draws its own t ~ U{0..T-1} and noise, as each official pass does
+        # every sample draws its own t ~ U{0..T-1} and noise
         t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if mask is None:
@@ -830,20 +835,24 @@ class GaussianDiffusion:
         eps_pred = model(x_t, t, y)
         sq_err = ((noise - eps_pred.float()) * mask).pow(2)  # the loss is taken in fp32 under autocast
         kept = mask.expand_as(x0).sum(dim=(1, 2, 3))  # c' * H * W per sample
-        return (sq_err.sum(dim=(1, 2, 3)) / kept).mean()
+        return sq_err.sum(dim=(1, 2, 3)) / kept
 
     def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
         """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
 
-        With w = 1 this is the official trainer's mean over the full-channel pass and one c' pass (each
-        with its own t and noise). c_prime=None (or w = 0) gives the plain objective, the baseline.
+        With w = 1 this is the official trainer's mean over a full-channel pass and a c' pass of the same
+        latents, each with its own t and noise. Both passes run as one batch of 2B (one forward, as DDP
+        wants). c_prime=None (or w = 0) gives the plain objective, the baseline.
         Returns (loss, {"loss_full", "loss_masked"}).
         """
-        loss_full = self.diffusion_loss(model, x0, y, generator=generator)
         if c_prime is None or aug_weight == 0:
+            loss_full = self.diffusion_loss(model, x0, y, generator=generator).mean()
             return loss_full, {"loss_full": loss_full.detach()}
-        mask = channel_mask(x0.shape[1], c_prime, device=x0.device)
-        loss_masked = self.diffusion_loss(model, x0, y, mask=mask, generator=generator)
+        B, C = x0.shape[:2]
+        mask = torch.cat([torch.ones(B, C, 1, 1, device=x0.device),
+                          channel_mask(C, c_prime, device=x0.device).expand(B, -1, -1, -1)])
+        losses = self.diffusion_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask=mask, generator=generator)
+        loss_full, loss_masked = losses[:B].mean(), losses[B:].mean()
         loss = (loss_full + aug_weight * loss_masked) / (1 + aug_weight)
         return loss, {"loss_full": loss_full.detach(), "loss_masked": loss_masked.detach()}
 
@@ -943,6 +952,14 @@ def read_state_dict(path):
     return sd
 
 
+def autoencoder_state_dict(state_dict):
+    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder.", with the prefixes
+    that DDP ("module.") and torch.compile ("_orig_mod.") add removed. Other entries (a discriminator,
+    training state) are dropped, as the official loader does."""
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    return {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+
+
 def load_official_dcae(path, name):
     """Build the preset `name` and load official weights into it strictly. Returns (ae, scaling_factor).
 
@@ -953,9 +970,7 @@ def load_official_dcae(path, name):
     `measure_latent_scale`.
     """
     ae = DCAE(build_dcae_config(name))
-    # tolerate the prefixes DDP and torch.compile add when a wrapped model is saved
-    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in read_state_dict(path).items()}
-    sd = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+    sd = autoencoder_state_dict(read_state_dict(path))
     check_state_dict(ae, sd)
     ae.load_state_dict(sd, strict=True)
     scale = ae.cfg.scaling_factor

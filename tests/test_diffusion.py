@@ -36,8 +36,9 @@ def test_zero_predictor_loss_is_noise_power_over_kept_channels():
     zero = EpsModel(lambda x, t: torch.zeros_like(x))
     g = torch.Generator().manual_seed(0)
     # E[eps^2] = 1 per kept element; normalising by C instead of c' would give 4/16
-    assert diff.diffusion_loss(zero, x0, None, mask=dcae15.channel_mask(16, 4), generator=g).item() == pytest.approx(1, abs=0.03)
-    assert diff.diffusion_loss(zero, x0, None, generator=g).item() == pytest.approx(1, abs=0.03)
+    masked = diff.diffusion_loss(zero, x0, None, mask=dcae15.channel_mask(16, 4), generator=g)
+    assert masked.shape == (64,) and masked.mean().item() == pytest.approx(1, abs=0.03)
+    assert diff.diffusion_loss(zero, x0, None, generator=g).mean().item() == pytest.approx(1, abs=0.03)
 
 
 def test_masked_loss_ignores_masked_channels_and_masks_the_input():
@@ -55,20 +56,22 @@ def test_masked_loss_ignores_masked_channels_and_masks_the_input():
 
 def test_augmented_loss_equals_plain_at_full_c_and_is_the_mean():
     diff = dcae15.GaussianDiffusion()
-    x0 = torch.randn(4, 8, 4, 4)
+    x0, y = torch.randn(4, 8, 4, 4), torch.arange(4)
     model = EpsModel(lambda x, t: 0.5 * x + 0.001 * t.float().view(-1, 1, 1, 1))
     plain = diff.diffusion_loss(model, x0, None, generator=torch.Generator().manual_seed(2))
     full_mask = diff.diffusion_loss(model, x0, None, mask=dcae15.channel_mask(8, 8), generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(plain, full_mask, rtol=0, atol=0)
-    # training_loss = (L_full + w L_masked) / (1 + w), the two passes drawing t and noise in turn
-    g = torch.Generator().manual_seed(3)
-    loss, terms = diff.training_loss(model, x0, None, c_prime=2, aug_weight=1.0, generator=g)
-    g = torch.Generator().manual_seed(3)
-    l_full = diff.diffusion_loss(model, x0, None, generator=g)
-    l_masked = diff.diffusion_loss(model, x0, None, mask=dcae15.channel_mask(8, 2), generator=g)
-    torch.testing.assert_close(loss, 0.5 * (l_full + l_masked))
-    torch.testing.assert_close(terms["loss_masked"], l_masked)
-    loss, terms = diff.training_loss(model, x0, None, c_prime=None, generator=torch.Generator().manual_seed(3))
+    # training_loss = (L_full + w L_masked) / (1 + w): one batch of 2B, the second half masked to c'
+    loss, terms = diff.training_loss(model, x0, y, c_prime=2, aug_weight=1.0, generator=torch.Generator().manual_seed(3))
+    mask = torch.cat([torch.ones(4, 8, 1, 1), dcae15.channel_mask(8, 2).expand(4, -1, -1, -1)])
+    both = diff.diffusion_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask=mask, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(terms["loss_full"], both[:4].mean())
+    torch.testing.assert_close(terms["loss_masked"], both[4:].mean())
+    torch.testing.assert_close(loss, 0.5 * (both[:4].mean() + both[4:].mean()))
+    assert model.seen[-1][4:, 2:].eq(0).all() and model.seen[-1][:4, 2:].ne(0).all()
+    loss3, _ = diff.training_loss(model, x0, y, c_prime=2, aug_weight=3.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss3, (both[:4].mean() + 3 * both[4:].mean()) / 4)
+    loss, terms = diff.training_loss(model, x0, y, c_prime=None, generator=torch.Generator().manual_seed(3))
     assert set(terms) == {"loss_full"} and loss == terms["loss_full"]
 
 
