@@ -1,0 +1,111 @@
+"""train_ae.py end to end: a tiny run, exact resume, 2-process DDP, bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dcae15
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
+        "--log-every", "2", "--sample-every", "2", "--gan-weight", "0.1", "--gan-start", "2", "--ema-warmup", "2"]
+
+
+def run(args, launcher=(sys.executable,), check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([*launcher, os.path.join(ROOT, "train_ae.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_ae.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_tiny_run_writes_checkpoint_and_picture(tmp_path):
+    out = str(tmp_path / "run")
+    proc = run([*TINY, "--max-steps", "4", "--out", out, "--save-every", "2"])
+    assert "validation PSNR" in proc.stdout and "latent scaling factor" in proc.stdout
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "recon_partial.png", "step_0000002.pt", "step_0000004.pt"]
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)  # tensors and plain values only
+    assert ckpt["kind"] == "dcae15-ae" and ckpt["step"] == 4 and ckpt["latent_scale"] > 0
+    assert ckpt["channel_choices"] == list(range(1, 9))
+    for key in ("config", "model", "ema", "disc", "opt", "opt_disc", "args"):
+        assert ckpt[key] is not None
+    ae = dcae15.DCAE(dcae15.DCAEConfig.from_dict(ckpt["config"]))
+    ae.load_state_dict(ckpt["ema"], strict=True)
+    from PIL import Image
+
+    w, h = Image.open(os.path.join(out, "recon_partial.png")).size
+    assert (w, h) == (9 * 18 + 2, 8 * 18 + 2)  # columns: original + 8 values of c'; rows: 8 validation images
+    assert "d_loss" in open(os.path.join(out, "log.txt")).read()  # the GAN started at step 2
+
+
+def test_resume_is_exact(tmp_path):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run([*TINY, "--max-steps", "6", "--out", straight])
+    run([*TINY, "--max-steps", "3", "--out", split])
+    run([*TINY, "--max-steps", "6", "--out", split, "--resume"])
+    a = torch.load(os.path.join(straight, "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(split, "last.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for part in ("model", "ema", "disc"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for k, v in a["opt"]["state"].items():
+        assert torch.equal(v["exp_avg"], b["opt"]["state"][k]["exp_avg"])
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    out = str(tmp_path / "run")
+    run([*TINY, "--max-steps", "2", "--out", out])
+    proc = run([*TINY, "--max-steps", "4", "--out", out, "--resume", "--lr", "1e-2"], check=False)
+    assert proc.returncode != 0 and "--lr 0.01 differs from the run's" in proc.stderr
+    proc = run([*TINY, "--max-steps", "4", "--out", out], check=False)  # no --resume: do not overwrite
+    assert proc.returncode != 0 and "pass --resume" in proc.stderr
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    out = str(tmp_path / "ddp")
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    proc = run([*TINY, "--max-steps", "4", "--out", out], launcher=launcher)
+    assert "2 process(es)" in proc.stdout
+    assert "DDP check: weights identical on all 2 ranks" in proc.stdout
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
+    # each rank drew its own c' stream and its own data slice
+    assert not torch.equal(ckpt["rng"][0]["channel"], ckpt["rng"][1]["channel"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "dc-ae-f8c4"], "unknown autoencoder preset"),
+    (["--image-size", "18"], "not divisible by the spatial compression 4"),
+    (["--latent-channel-choices", "2,9"], "--latent-channel-choices: channel choices must be a non-empty list of "
+                                          "values in [1, 8]"),
+    (["--latent-channel-choices", "a,b"], "comma-separated integers"),
+    (["--data", "imagefolder", "--data-path", "no/such/dir"], "is not a folder"),
+    (["--resume"], "no checkpoint at"),
+    (["--batch-size", "3", "--max-steps", "1"], None),  # fine on one process
+])
+def test_bad_input_fails_before_writing(tmp_path, extra, message):
+    out = str(tmp_path / "run")
+    proc = run([*TINY, "--max-steps", "1", "--out", out, *extra], check=False)
+    if message is None:
+        assert proc.returncode == 0
+        return
+    assert proc.returncode != 0 and message in proc.stderr.replace("\\", "")
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(out)  # nothing half-written
+
+
+def test_init_from_checks_compatibility(tmp_path):
+    tiny = dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny"))
+    official = str(tmp_path / "official.pt")
+    torch.save({"state_dict": tiny.state_dict()}, official)
+    out = str(tmp_path / "run")
+    proc = run([*TINY, "--model", "dc-ae-f16c64-classroom", "--image-size", "64", "--init-from", official,
+                "--out", out], check=False)
+    assert proc.returncode != 0 and "does not fit --model dc-ae-f16c64-classroom" in proc.stderr
+    assert not os.path.exists(out)
+    run([*TINY, "--max-steps", "1", "--init-from", official, "--out", out])  # the right preset loads

@@ -1,0 +1,325 @@
+"""
+Train a DC-AE 1.5 autoencoder with a structured latent space.
+
+    python train_ae.py                                   # classroom preset on the built-in shapes, CPU ok
+    python train_ae.py --no-structured --out runs/ae-plain   # the plain DC-AE baseline, for comparison
+    torchrun --nproc_per_node=8 train_ae.py --model dc-ae-f32c128-1.5 --data imagefolder \
+        --data-path /data/imagenet --image-size 256 --batch-size 256 --perceptual on
+
+Each step draws c' from the channel list and reconstructs from z * mask_{c,c'} (DC-AE 1.5 Sec. 3); the loss
+is L1 + LPIPS, plus a hinge GAN from --gan-start. The run folder gets last.pt, log.txt and
+recon_partial.png (rows: validation images; columns: original, then the reconstruction from the first c'
+channels for each c' in the list: the paper's Figure 3).
+
+NOTE: the official DC-AE 1.5 training recipe is unreleased; the defaults here are ours (see README).
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import common
+import dcae15
+
+# Flags that may differ when resuming (they do not change what is computed); every other flag must match.
+RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers", "device"}
+
+
+def parse_channel_list(text, latent_channels):
+    if text is None:
+        return dcae15.default_channel_choices(latent_channels)
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--latent-channel-choices must be comma-separated integers, got {text!r}") from None
+    try:
+        return dcae15.check_channel_choices(values, latent_channels)
+    except ValueError as err:
+        raise ValueError(f"--latent-channel-choices: {err}") from None
+
+
+def load_init_from(args):
+    """--init-from -> (config, AE state dict): one of our checkpoints (its EMA weights and config), or an
+    official DC-AE file (.safetensors, or .pt/.pth) for the --model preset."""
+    raw = dcae15.read_state_dict(args.init_from)
+    if raw.get("kind") == "dcae15-ae":
+        return dcae15.DCAEConfig.from_dict(raw["config"]), raw["ema"]
+    if "kind" in raw:
+        raise ValueError(f"--init-from {args.init_from} is a {raw['kind']} checkpoint, not an autoencoder")
+    cfg, sd = dcae15.build_dcae_config(args.model), dcae15.autoencoder_state_dict(raw)
+    try:
+        dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
+    except ValueError as err:
+        raise ValueError(f"--init-from {args.init_from} does not fit --model {args.model}: {err}") from None
+    return cfg, sd
+
+
+@torch.no_grad()
+def reconstruct_table(ae, images, choices):
+    """Rows of [original, D(z[:, :c']) for c' in choices], flattened row-major for save_grid."""
+    cols = [images] + [ae(images, c)[0].clamp(-1, 1) for c in choices]
+    return torch.stack(cols, dim=1).flatten(0, 1)
+
+
+@torch.no_grad()
+def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
+    """PSNR (dB) of full and partial-channel reconstructions on the first validation images, and 1/RMS(z)."""
+    psnr = {c: 0.0 for c in choices}
+    sq_sum, count, n = 0.0, 0, min(num_images, len(val_set))
+    for start in range(0, n, batch_size):
+        x = torch.stack([val_set[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
+        z = ae.encode(x)
+        sq_sum += z.double().pow(2).sum().item()
+        count += z.numel()
+        for c in choices:
+            psnr[c] += common.psnr(ae.decode(z[:, :c]).clamp(-1, 1), x).sum().item()
+    return {c: v / n for c, v in psnr.items()}, 1.0 / math.sqrt(sq_sum / count)
+
+
+def main(args):
+    # ------------------------------------------------------------------ validate everything before any work
+    if args.resume and args.init_from:
+        raise ValueError("--resume continues a run and --init-from starts a new one from weights: pass only one")
+    last_path = os.path.join(args.out, "last.pt")
+    resume_ckpt = None
+    if args.resume:
+        if not os.path.isfile(last_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+        resume_ckpt = dcae15.load_checkpoint(last_path)
+        if not isinstance(resume_ckpt, dict) or resume_ckpt.get("kind") != "dcae15-ae":
+            raise ValueError(f"--resume: {last_path} is not a train_ae.py checkpoint")
+        defaults = vars(build_parser().parse_args([]))
+        for key, value in resume_ckpt["args"].items():  # keep the run's settings; refuse silent changes
+            if key not in RESUME_FREE_ARGS and getattr(args, key) != value:
+                if getattr(args, key) != defaults[key]:
+                    raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
+                                     f"run's {value}; drop the flag to continue the run as it was")
+                setattr(args, key, value)
+        cfg, init_sd = dcae15.DCAEConfig.from_dict(resume_ckpt["config"]), None
+    else:
+        if os.path.exists(last_path):
+            raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+        cfg, init_sd = load_init_from(args) if args.init_from else (dcae15.build_dcae_config(args.model), None)
+    choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
+    f = 2 ** (len(cfg.encoder.width_list) - 1)
+    if args.image_size % f:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial compression {f} of "
+                         f"this autoencoder; use a multiple of {f}")
+    for name in ("batch_size", "max_steps", "log_every", "sample_every"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+    rank, world, device = common.setup_distributed(args.device)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} processes")
+    master = rank == 0
+    train_set = common.build_dataset(args.data, "train", args.image_size, args.data_path, seed=args.seed)
+    val_set = common.build_dataset(args.data, "val", args.image_size, args.data_path, seed=args.seed)
+
+    # ------------------------------------------------------------------ models, losses, optimisers
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    ae = dcae15.DCAE(cfg).to(device)
+    if init_sd is not None:
+        ae.load_state_dict(init_sd, strict=True)
+    ema = copy.deepcopy(ae).eval().requires_grad_(False)
+    # PatchGAN with 3 downsampling layers (70x70 patches) where the image allows it; fewer on tiny images
+    n_layers = max(1, min(3, int(math.log2(args.image_size / 3))))
+    disc = dcae15.PatchDiscriminator(n_layers=n_layers).to(device) if args.gan_weight > 0 else None
+    perceptual = dcae15.build_lpips(args.perceptual) if args.lpips_weight > 0 else None
+    if perceptual is not None:
+        perceptual.to(device)
+    loss_fn = dcae15.AutoencoderLoss(disc, perceptual, args.l1_weight, args.lpips_weight, args.gan_weight,
+                                     args.gan_start)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    opt_disc = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9)) if disc else None
+    # c' is drawn from its own generator, seeded per rank as the official trainer does (ranks differ)
+    channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    torch.manual_seed(args.seed * 1000 + rank)  # per-rank stream for anything else random
+
+    step = 0
+    if resume_ckpt is not None:
+        ae.load_state_dict(resume_ckpt["model"])
+        ema.load_state_dict(resume_ckpt["ema"])
+        opt.load_state_dict(resume_ckpt["opt"])
+        if disc is not None:
+            disc.load_state_dict(resume_ckpt["disc"])
+            opt_disc.load_state_dict(resume_ckpt["opt_disc"])
+        step = resume_ckpt["step"]
+        common.set_rng_state(resume_ckpt["rng"][rank] if rank < len(resume_ckpt["rng"]) else resume_ckpt["rng"][0],
+                             {"channel": channel_gen})
+
+    ae_ddp = DDP(ae, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else ae
+    disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and disc else disc
+    loader = common.infinite_loader(train_set, args.batch_size, rank, world, args.seed, step, args.num_workers, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # fp32 on CPU
+
+    # ------------------------------------------------------------------ outputs (only now: inputs are valid)
+    log_file = None
+    if master:
+        os.makedirs(args.out, exist_ok=True)
+        log_file = open(os.path.join(args.out, "log.txt"), "a")
+        n_params = sum(p.numel() for p in ae.parameters()) / 1e6
+        header = (f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, latent "
+                  f"{cfg.latent_channels}x{args.image_size // f}x{args.image_size // f}, c' in {choices}"
+                  f"{' (structured)' if not args.no_structured else ' (plain baseline: c = ' + str(cfg.latent_channels) + ' only)'}"
+                  f", {world} process(es) on {device}, perceptual {'on' if perceptual else 'off'}")
+        print(header)
+        log_file.write(header + "\n")
+    val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
+
+    def save(final=False):
+        """Checkpoint (tensors and plain values only), written atomically by rank 0."""
+        rng = [common.get_rng_state({"channel": channel_gen})]
+        if world > 1:  # gather every rank's RNG state so that resume continues each stream
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not master:
+            return None
+        # a quick look for periodic saves, the full report at the end
+        report, scale = validate(ema, val_set, choices, device, num_images=256 if final else 64)
+        ckpt = {"kind": "dcae15-ae", "config": cfg.to_dict(), "model": ae.state_dict(), "ema": ema.state_dict(),
+                "disc": disc.state_dict() if disc else None, "opt": opt.state_dict(),
+                "opt_disc": opt_disc.state_dict() if opt_disc else None, "step": step, "args": vars(args),
+                "latent_scale": scale, "channel_choices": choices, "val_psnr": {str(c): v for c, v in report.items()},
+                "rng": rng}
+        dcae15.save_checkpoint(ckpt, last_path)
+        if args.save_every and (step % args.save_every == 0 or final):
+            dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
+        return report, scale
+
+    def picture():
+        if master:
+            common.save_grid(reconstruct_table(ema, val_images, choices), os.path.join(args.out, "recon_partial.png"),
+                             ncol=len(choices) + 1)
+
+    # ------------------------------------------------------------------ training loop
+    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
+    t0, seen = time.time(), 0
+    while step < args.max_steps:
+        x, _ = next(loader)
+        # Structured latent space: one c' per step (per rank). The plain baseline always uses all c channels.
+        c_prime = cfg.latent_channels if args.no_structured else dcae15.sample_latent_channels(choices, generator=channel_gen)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        ae.train()
+        if disc is not None:
+            disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
+        with autocast:
+            x_rec, _ = ae_ddp(x, c_prime)  # = D(E(x) * mask_{c,c'})
+            loss, terms = loss_fn.generator_loss(x, x_rec, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(ae.parameters(), args.grad_clip)
+        opt.step()
+        common.update_ema(ema, ae, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+
+        d_loss = None
+        if loss_fn.gan_active(step):
+            disc.requires_grad_(True)
+            with autocast:
+                d_loss = loss_fn.discriminator_loss(x, x_rec, disc_ddp)
+            opt_disc.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_disc.step()
+
+        step += 1
+        seen += x.shape[0] * world
+        pbar.update(1)
+        if step % args.log_every == 0 or step == args.max_steps:
+            elapsed = time.time() - t0
+            values = {k: common.all_reduce_mean(v.item()) for k, v in terms.items()}
+            line = (f"step {step:6d} | loss {common.all_reduce_mean(loss.item()):.4f} | "
+                    + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    + (f" | d_loss {common.all_reduce_mean(d_loss.item()):.4f}" if d_loss is not None else "")
+                    + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e} | {seen / elapsed:.1f} img/s")
+            if master:
+                tqdm.write(line, file=sys.stdout)
+                log_file.write(line + "\n")
+                log_file.flush()
+            t0, seen = time.time(), 0
+        if step % args.sample_every == 0 and step < args.max_steps:  # the last step is saved below
+            save()
+            picture()
+    pbar.close()
+
+    # ------------------------------------------------------------------ final report (EMA weights)
+    n_ranks = common.check_ranks_in_sync(ae)
+    result = save(final=True)
+    if master:
+        report, scale = result
+        picture()
+        lines = [f"validation PSNR of the EMA autoencoder ({min(256, len(val_set))} images), "
+                 f"reconstructing from the first c' channels:"]
+        lines += [f"  c' = {c:4d}: {v:6.2f} dB" for c, v in report.items()]
+        lines += [f"latent scaling factor (1 / RMS of the EMA latents): {scale:.4f}",
+                  f"wrote {last_path} and {os.path.join(args.out, 'recon_partial.png')}"]
+        if n_ranks > 1:
+            lines.append(f"DDP check: weights identical on all {n_ranks} ranks")
+        print("\n".join(lines))
+        log_file.write("\n".join(lines) + "\n")
+        log_file.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale}) + "\n")
+        log_file.close()
+    common.cleanup_distributed()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train a DC-AE 1.5 autoencoder with a structured latent space.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="dc-ae-f16c64-classroom", help=f"preset: {', '.join(dcae15.DCAE_CONFIGS)}")
+    p.add_argument("--data", default="shapes", choices=["shapes", "imagefolder", "cifar10"],
+                   help="shapes: built-in procedural set (no files); imagefolder: --data-path with class folders; "
+                        "cifar10: torchvision's CIFAR-10 under --data-path")
+    p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
+    p.add_argument("--image-size", type=int, default=64, help="training resolution (a multiple of the compression)")
+    p.add_argument("--out", default="runs/ae", help="run folder: last.pt, log.txt, recon_partial.png")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt left it")
+    p.add_argument("--init-from", default=None,
+                   help="start from weights: a train_ae.py checkpoint (its EMA) or an official DC-AE 1.5 file "
+                        "(.safetensors / .pt) matching --model")
+    p.add_argument("--latent-channel-choices", default=None,
+                   help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
+    p.add_argument("--no-structured", action="store_true", help="plain DC-AE baseline: always decode all c channels")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")
+    p.add_argument("--max-steps", type=int, default=1400, help="training steps")
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the autoencoder")
+    p.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official default 0)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the AE gradient norm to this")
+    p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction loss")
+    p.add_argument("--lpips-weight", type=float, default=0.5, help="weight of the LPIPS loss (0 disables it)")
+    p.add_argument("--perceptual", default="auto", choices=["auto", "on", "off"],
+                   help="LPIPS-VGG: auto = use it if the VGG16 weights can be had, else warn and go on without")
+    p.add_argument("--gan-weight", type=float, default=0.0,
+                   help="weight of the hinge GAN loss; 0 = off. DC-AE adds the GAN only in a last phase, after the "
+                        "reconstruction has converged (e.g. --gan-weight 0.1 --gan-start 100000 on a real run)")
+    p.add_argument("--gan-start", type=int, default=0, help="step at which the GAN loss starts")
+    p.add_argument("--disc-lr", type=float, default=2e-4, help="learning rate of the discriminator")
+    p.add_argument("--ema-decay", type=float, default=0.995,
+                   help="EMA decay; short classroom runs need a short average (official runs: 0.9999)")
+    p.add_argument("--ema-warmup", type=int, default=200, help="EMA warmup: decay * (1 - exp(-step / warmup))")
+    p.add_argument("--log-every", type=int, default=100, help="steps between log lines")
+    p.add_argument("--sample-every", type=int, default=500, help="steps between last.pt + recon_partial.png updates")
+    p.add_argument("--save-every", type=int, default=0, help="also keep step_NNNNNNN.pt every N steps (0: never)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and c'")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    return p
+
+
+if __name__ == "__main__":
+    try:
+        main(build_parser().parse_args())
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message, not a traceback
+        sys.exit(f"train_ae.py: error: {err}")
