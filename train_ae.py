@@ -204,7 +204,7 @@ def main(args):
 
     # ------------------------------------------------------------------ training loop
     pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
-    t0, seen = time.time(), 0
+    t0, seen, running, n_running = time.time(), 0, {}, 0  # running: sums of the logged terms since the last line
     while step < args.max_steps:
         x, _ = next(loader)
         # Structured latent space: one c' per step (per rank). The plain baseline always uses all c channels.
@@ -237,18 +237,21 @@ def main(args):
         step += 1
         seen += x.shape[0] * world
         pbar.update(1)
+        logged = {"loss": loss.detach(), **terms, **({"d_loss": d_loss.detach()} if d_loss is not None else {})}
+        for k, v in logged.items():  # tensors: no GPU sync until the log line
+            running[k] = running.get(k, 0.0) + v
+        n_running += 1
         if step % args.log_every == 0 or step == args.max_steps:
             elapsed = time.time() - t0
-            values = {k: common.all_reduce_mean(v.item()) for k, v in terms.items()}
-            line = (f"step {step:6d} | loss {common.all_reduce_mean(loss.item()):.4f} | "
-                    + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    + (f" | d_loss {common.all_reduce_mean(d_loss.item()):.4f}" if d_loss is not None else "")
+            # averages over the interval (and the ranks), not one noisy batch
+            values = {k: common.all_reduce_mean(v.item() / n_running) for k, v in running.items()}
+            line = (f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
                     + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e} | {seen / elapsed:.1f} img/s")
             if master:
                 tqdm.write(line, file=sys.stdout)
                 log_file.write(line + "\n")
                 log_file.flush()
-            t0, seen = time.time(), 0
+            t0, seen, running, n_running = time.time(), 0, {}, 0
         if step % args.sample_every == 0 and step < args.max_steps:  # the last step is saved below
             save()
             picture()

@@ -1,0 +1,144 @@
+"""evaluate.py: the FID Inception, Fréchet distance, streaming statistics, PSNR/SSIM, and the commands."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torchvision
+
+import common
+import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def inception():
+    torch.manual_seed(0)
+    return evaluate.FIDInception().eval()  # random weights: the real ones cannot be downloaded here
+
+
+def test_inception_keys_match_torchvision_so_real_weights_load(inception, tmp_path):
+    ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    ours = inception.net.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    path = tmp_path / evaluate.FID_WEIGHTS_FILE
+    torch.save(ref.state_dict(), path)
+    loaded = evaluate.FIDInception().load_weights(str(path))  # strict
+    assert torch.equal(loaded.net.Mixed_7c.branch_pool.conv.weight, ref.Mixed_7c.branch_pool.conv.weight)
+
+
+def test_feature_shapes_and_batch_independence(inception):
+    small = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # resized to 299 inside
+    feats = inception(small)
+    assert feats.shape == (2, 2048) and feats.dtype == torch.float64
+    assert inception(torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8)).shape == (1, 2048)
+    one_by_one = torch.cat([inception(small[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(feats, one_by_one, rtol=1e-4, atol=1e-6)
+
+
+def test_tf_pooling_changes():
+    ones = torch.ones(1, 2, 5, 5)
+    # TF's average pool ignores the padding: a constant stays constant at the border (torch's default: 4/9)
+    torch.testing.assert_close(evaluate._avg_pool_no_pad(ones), ones)
+    net = evaluate.FIDInception().net
+    assert isinstance(net.Mixed_5b, evaluate.FIDInceptionA) and isinstance(net.Mixed_6e, evaluate.FIDInceptionC)
+    assert not net.Mixed_7b.max_pool and net.Mixed_7c.max_pool
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 6))
+    sigma = np.cov(a, rowvar=False)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    assert evaluate.frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0, abs=1e-9)
+    assert evaluate.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(((mu1 - mu2) ** 2).sum(), abs=1e-9)
+    d1, d2 = rng.uniform(0.1, 2, 6), rng.uniform(0.1, 2, 6)
+    closed = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(d1) - np.sqrt(d2)) ** 2).sum()
+    assert evaluate.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(closed, rel=1e-10)
+    # a general case against scipy's sqrtm formula
+    s2 = np.cov(rng.normal(size=(40, 6)) @ rng.normal(size=(6, 6)), rowvar=False)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(sigma) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(sigma @ s2).real)
+    assert evaluate.frechet_distance(mu1, sigma, mu2, s2) == pytest.approx(ref, rel=1e-8)
+
+
+def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
+    feats = torch.randn(300, 16, dtype=torch.float64) * 3 + 1
+    a, b = evaluate.FeatureStats(16), evaluate.FeatureStats(16)
+    a.add(feats[:120])
+    b.add(feats[120:200])
+    b.add(feats[200:])
+    with pytest.warns(UserWarning, match="< 2048 images"):
+        mu, sigma = a.merge(b).mu_sigma()
+    np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
+    path = str(tmp_path / "stats.npz")
+    evaluate.save_stats(path, mu, sigma)
+    mu2, sigma2 = evaluate.load_stats(path)
+    assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
+    np.savez(tmp_path / "bad.npz", arr_0=mu)
+    with pytest.raises(ValueError, match="'mu' and 'sigma'"):
+        evaluate.load_stats(str(tmp_path / "bad.npz"))
+
+
+def test_ssim_known_pairs():
+    x = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    torch.testing.assert_close(evaluate.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    # constant images a, b: SSIM = (2ab + C1) / (a^2 + b^2 + C1), the contrast-structure term is 1
+    a, b = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8), torch.full((1, 3, 16, 16), 150, dtype=torch.uint8)
+    c1 = (0.01 * 255) ** 2
+    assert evaluate.ssim(a, b).item() == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
+    noisy = (x.int() + torch.randint(-30, 31, x.shape)).clamp(0, 255).to(torch.uint8)
+    assert 0 < evaluate.ssim(noisy, x).min() < 1
+
+
+def run(args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+    return proc
+
+
+def test_commands_end_to_end(tmp_path):
+    # a tiny AE checkpoint and random-weight Inception "FID weights"
+    subprocess.run([sys.executable, os.path.join(ROOT, "train_ae.py"), "--model", "dc-ae-tiny", "--image-size", "16",
+                    "--batch-size", "4", "--max-steps", "2", "--perceptual", "off", "--out", str(tmp_path / "ae")],
+                   check=True, capture_output=True, cwd=ROOT)
+    weights = str(tmp_path / "inception.pth")
+    torch.manual_seed(0)
+    torch.save(evaluate.FIDInception().net.state_dict(), weights)
+    ckpt = str(tmp_path / "ae" / "last.pt")
+
+    out_json = str(tmp_path / "recon.json")
+    proc = run(["recon", "--ae-ckpt", ckpt, "--baseline-ckpt", ckpt, "--image-size", "16", "--num-images", "2",
+                "--latent-channels", "2,8", "--inception-weights", weights, "--lpips", "off", "--json", out_json])
+    assert proc.returncode == 0, proc.stderr
+    result = json.load(open(out_json))["results"]
+    assert set(result) == {"model", "baseline"} and set(result["model"]) == {"2", "8"}
+    assert set(result["model"]["8"]) == {"psnr", "ssim", "rfid"}
+    assert result["model"]["8"] == result["baseline"]["8"]  # same checkpoint in both columns
+    assert "c_prime" in proc.stdout and "model psnr" in proc.stdout
+
+    # offline without the Inception weights: recon goes on without rFID, fid/ref stop with a clear message
+    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "2", "--lpips", "off",
+                "--inception-weights", str(tmp_path / "missing.pth")])
+    assert proc.returncode == 0 and "rFID skipped" in proc.stdout
+
+    ref = str(tmp_path / "ref.npz")
+    proc = run(["ref", "--image-size", "16", "--num-images", "3", "--inception-weights", weights, "--out", ref])
+    assert proc.returncode == 0, proc.stderr
+    ds = common.ShapesDataset("train", image_size=16)
+    imgs = common.to_uint8(torch.stack([ds[i][0] for i in range(3)])).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "same.npz", arr_0=imgs)
+    proc = run(["fid", "--samples", str(tmp_path / "same.npz"), "--ref", ref, "--inception-weights", weights,
+                "--batch-size", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert abs(float(proc.stdout.split("FID ")[1].split()[0])) < 1e-3  # the same images: FID 0
+    proc = run(["fid", "--samples", str(tmp_path / "same.npz"), "--ref", ref,
+                "--inception-weights", str(tmp_path / "missing.pth")])
+    assert proc.returncode != 0 and "does not exist" in proc.stderr

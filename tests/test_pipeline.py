@@ -1,0 +1,110 @@
+"""AE checkpoint -> latent cache -> DiT training -> sample.py, as subprocesses on tiny settings."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    run("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
+                        "--perceptual", "off", "--out", str(d / "ae")])
+    return d
+
+
+def dit_args(work, out, steps=4, extra=()):
+    return ["--ae-ckpt", str(work / "ae" / "last.pt"), "--model", "DiT-tiny", "--image-size", "16",
+            "--max-images", "40", "--batch-size", "8", "--max-steps", str(steps), "--sample-every", "2",
+            "--log-every", "2", "--sample-steps", "2", "--cache-dir", str(work / "cache"), "--out", str(out), *extra]
+
+
+def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
+    first = run("train_dit.py", dit_args(work, work / "dit_a", steps=2))
+    assert "latent cache: encoded 40 images" in first.stdout
+    second = run("train_dit.py", dit_args(work, work / "dit_b", steps=2))
+    assert "latent cache: reusing" in second.stdout
+    (path,) = [f for f in os.listdir(work / "cache")]  # one file, no leftover shards
+    cache = torch.load(work / "cache" / path, weights_only=True)
+    ae, scale, _ = common.load_autoencoder(str(work / "ae" / "last.pt"))
+    ds = common.ShapesDataset("train", image_size=16)
+    x = torch.stack([ds[i][0] for i in range(40)])
+    torch.testing.assert_close(cache["latents"], ae.encode(x), rtol=0, atol=1e-5)
+    assert cache["labels"].tolist() == [i % 10 for i in range(40)]
+    # --flip encodes the mirrors too: a separate cache of twice the size
+    run("train_dit.py", dit_args(work, work / "dit_flip", steps=1, extra=["--flip"]))
+    assert len(os.listdir(work / "cache")) == 2
+
+
+def test_dit_checkpoint_and_sampling(work):
+    out = work / "dit"
+    proc = run("train_dit.py", dit_args(work, out))
+    assert "loss_masked" in proc.stdout and "augmented with c' in [1, 2, 3, 4, 5, 6, 7]" in proc.stdout
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "samples.png"]
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["kind"] == "dcae15-dit" and ckpt["step"] == 4 and ckpt["ae"]["source"] == "dcae15"
+    for key in ("config", "model", "ema", "opt", "args", "latent_scale"):
+        assert ckpt[key] is not None
+
+    npz, png = work / "s.npz", work / "s.png"
+    run("sample.py", ["--ckpt", str(out / "last.pt"), "--num-samples", "6", "--batch-size", "4", "--steps", "3",
+                      "--npz", str(npz), "--out", str(png)])
+    data = np.load(npz)
+    assert data["arr_0"].shape == (6, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+    assert data["arr_1"].tolist() == [0, 1, 2, 3, 4, 5] and png.exists()
+    again = work / "again.npz"
+    run("sample.py", ["--ckpt", str(out / "last.pt"), "--num-samples", "6", "--batch-size", "4", "--steps", "3",
+                      "--npz", str(again), "--out", str(png)])
+    assert np.array_equal(np.load(again)["arr_0"], data["arr_0"])  # same seed, same images
+    other = work / "other.npz"
+    run("sample.py", ["--ckpt", str(out / "last.pt"), "--num-samples", "6", "--batch-size", "4", "--steps", "3",
+                      "--npz", str(other), "--out", str(png), "--seed", "1", "--latent-channels", "2"])
+    assert not np.array_equal(np.load(other)["arr_0"], data["arr_0"])
+
+
+def test_dit_resume_is_exact(work):
+    run("train_dit.py", dit_args(work, work / "straight", steps=4))
+    run("train_dit.py", dit_args(work, work / "split", steps=2))
+    run("train_dit.py", dit_args(work, work / "split", steps=4, extra=["--resume"]))
+    a = torch.load(work / "straight" / "last.pt", weights_only=True)
+    b = torch.load(work / "split" / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_bad_input(work):
+    ae_ckpt = str(work / "ae" / "last.pt")
+    proc = run("sample.py", ["--ckpt", ae_ckpt], check=False)
+    assert proc.returncode != 0 and "is an autoencoder checkpoint" in proc.stderr
+    out = work / "bad"
+    proc = run("train_dit.py", dit_args(work, out) + ["--aug-channel-choices", "0,3"], check=False)
+    assert proc.returncode != 0 and "--aug-channel-choices" in proc.stderr and not out.exists()
+    run("train_dit.py", dit_args(work, work / "dit_ok", steps=1))
+    dit_ckpt = str(work / "dit_ok" / "last.pt")
+    proc = run("train_dit.py", dit_args(work, out)[2:] + ["--ae-ckpt", dit_ckpt], check=False)
+    assert proc.returncode != 0 and "dcae15-dit checkpoint, not an autoencoder" in proc.stderr and not out.exists()
+    png = work / "never.png"
+    for extra, message in ((["--class-labels", "3,10"], r"must lie in [0, 9]"),
+                           (["--latent-channels", "9"], "must be in [1, 8]"),
+                           (["--ae-ckpt", str(work / "moved.pt")], "is missing; pass its new location")):
+        proc = run("sample.py", ["--ckpt", dit_ckpt, "--out", str(png), *extra], check=False)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not png.exists()
