@@ -12,6 +12,8 @@ import hashlib
 import math
 import os
 import random
+import sys
+import time
 
 import numpy as np
 import torch
@@ -176,7 +178,7 @@ def build_dataset(name, split, image_size, data_path=None, seed=0, size=None):
         try:
             base = torchvision.datasets.CIFAR10(root, train=(split == "train"), download=True)
         except Exception as err:  # offline: URLError / RuntimeError from torchvision
-            raise RuntimeError(f"CIFAR-10 is not in {root!r} and could not be downloaded ({err}). Download "
+            raise FileNotFoundError(f"CIFAR-10 is not in {root!r} and could not be downloaded ({err}). Download "
                                f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into "
                                f"{root}/ (or pass --data-path), or use --data shapes") from err
         return _Mapped(base, lambda im: to_tensor_m11(im.resize((image_size, image_size), Image.BICUBIC))
@@ -235,7 +237,7 @@ def setup_distributed(device_arg="auto"):
     """Returns (rank, world_size, device). Under torchrun (RANK set): NCCL on CUDA, gloo on CPU."""
     use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg.startswith("cuda")
     if device_arg != "auto" and use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device_arg} asked for, but CUDA is not available")
+        raise ValueError(f"--device {device_arg} asked for, but CUDA is not available")
     if "RANK" in os.environ:
         rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
         if use_cuda:
@@ -317,6 +319,103 @@ def set_rng_state(state, extra_generators=None):
 
 
 # =====================================================================================================
+# Run folders: resume, RNG streams, learning-rate warmup, log lines (train_ae.py and train_dit.py)
+# =====================================================================================================
+
+
+def open_run(args, kind, parser, free_args):
+    """The checkpoint to resume from (--resume), or None for a new run.
+
+    With --resume, <out>/last.pt must be a `kind` checkpoint; every flag not in `free_args` takes the run's
+    value, and a flag explicitly set to another value is an error (silently changing a run is worse). Without
+    --resume, an existing run is never overwritten.
+    """
+    import dcae15
+
+    last_path = os.path.join(args.out, "last.pt")
+    if not args.resume:
+        if os.path.exists(last_path):
+            raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+        return None
+    if not os.path.isfile(last_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+    ckpt = dcae15.load_checkpoint(last_path)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        raise ValueError(f"--resume: {last_path} is not a {kind} checkpoint")
+    defaults = vars(parser.parse_args([]))
+    for key, value in ckpt["args"].items():
+        if key in free_args or getattr(args, key) == value:
+            continue
+        if getattr(args, key) != defaults[key]:
+            raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the run's "
+                             f"{value}; drop the flag to continue the run as it was")
+        setattr(args, key, value)
+    return ckpt
+
+
+def gather_rng_states(generators):
+    """Every rank's RNG state (see get_rng_state), gathered to all ranks: a list indexed by rank."""
+    state = get_rng_state(generators)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def restore_rng_states(states, rank, generators):
+    """Continue this rank's RNG streams (a run resumed on more ranks reuses the last saved stream)."""
+    set_rng_state(states[min(rank, len(states) - 1)], generators)
+
+
+def warmup_lr(optimizer, base_lr, step, warmup_steps):
+    """Linear warmup to base_lr over warmup_steps, then constant (the official ConstantLRwithWarmup shape)."""
+    lr = base_lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class RunLog:
+    """Rank 0's log lines, to stdout (above the tqdm bar) and to <out>/log.txt, and the averages they show.
+
+    `accumulate` adds each step's terms (as tensors: no GPU sync per step); `averages` returns the mean of
+    each term over the steps since the last call and over the ranks, then starts a new interval.
+    """
+
+    def __init__(self, out, master):
+        self.master = master
+        self.file = open(os.path.join(out, "log.txt"), "a") if master else None
+        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
+
+    def write(self, text, echo=True):
+        if self.master:
+            from tqdm import tqdm
+
+            if echo:
+                tqdm.write(text, file=sys.stdout)
+            self.file.write(text + "\n")
+            self.file.flush()
+
+    def accumulate(self, terms, items):
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
+        self.count += 1
+        self.items += items
+
+    def averages(self):
+        """(means of the terms, items per second) since the last call."""
+        means = {k: all_reduce_mean(v.item() / self.count) for k, v in self.sums.items()}
+        rate = self.items / max(time.time() - self.t0, 1e-9)
+        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
+        return means, rate
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+# =====================================================================================================
 # Loading an autoencoder for diffusion: ours or official
 # =====================================================================================================
 
@@ -387,6 +486,18 @@ def save_grid(images, path, ncol):
     tmp = f"{path}.tmp{os.getpid()}.png"
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
     os.replace(tmp, path)
+
+
+def save_npz(path, **arrays):
+    """np.savez, atomically (a temp file in the same folder, then a rename): no half-written file on a crash."""
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def psnr(x, y):

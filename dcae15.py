@@ -484,7 +484,7 @@ VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads f
 def build_lpips(mode="auto"):
     """The frozen VGG-LPIPS network, or None.
 
-    mode 'off': None. 'on': LPIPS or an error. 'auto': LPIPS if the VGG16 weights are in the torch hub
+    mode 'off': None. 'on': LPIPS or FileNotFoundError. 'auto': LPIPS if the VGG16 weights are in the torch hub
     cache or can be downloaded, else None after one warning. The returned net is in eval mode (its
     dropout off) with requires_grad False, and must not be registered as a submodule of a trained model.
     """
@@ -504,7 +504,7 @@ def build_lpips(mode="auto"):
                f"({err}). Copy {VGG16_FILE} (from https://download.pytorch.org/models/{VGG16_FILE}) to "
                f"{os.path.dirname(path)}/ (set TORCH_HOME to use another cache)")
         if mode == "on":
-            raise RuntimeError(msg) from err
+            raise FileNotFoundError(msg) from err
         warnings.warn(msg + "; training continues WITHOUT the perceptual loss (--perceptual off silences this)")
         return None
     return freeze(net)
@@ -616,7 +616,7 @@ DiT_CONFIGS = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-B": dict(depth=12, hidden_size=768, num_heads=12),
     "DiT-S": dict(depth=12, hidden_size=384, num_heads=6),
-    "DiT-classroom": dict(depth=6, hidden_size=256, num_heads=4),
+    "DiT-classroom": dict(depth=6, hidden_size=128, num_heads=4),
     "DiT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
 }
 

@@ -121,7 +121,7 @@ def find_inception_weights(path=None):
     try:
         torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True)
     except OSError as err:
-        raise RuntimeError(f"FID needs the Inception weights {FID_WEIGHTS_FILE}, which are not at {cached} and "
+        raise FileNotFoundError(f"FID needs the Inception weights {FID_WEIGHTS_FILE}, which are not at {cached} and "
                            f"could not be downloaded ({err}). Get them from {FID_WEIGHTS_URL} and put the file in "
                            f"{os.path.dirname(cached)}/ or pass --inception-weights PATH") from err
     return cached
@@ -174,13 +174,6 @@ class FeatureStats:
         mu = self.s / self.n
         sigma = (self.ss - self.n * torch.outer(mu, mu)) / (self.n - 1)
         return mu.numpy(), sigma.numpy()
-
-
-def save_stats(path, mu, sigma):
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
 
 
 def load_stats(path):
@@ -247,7 +240,7 @@ def build_lpips_alex(mode):
         msg = (f"LPIPS needs torchvision's AlexNet weights alexnet-owt-7be5be79.pth in "
                f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}/ ({err})")
         if mode == "on":
-            raise RuntimeError(msg) from err
+            raise FileNotFoundError(msg) from err
         print(f"note: LPIPS skipped: {msg}")
         return None
 
@@ -351,7 +344,7 @@ def cmd_ref(args, rank, world, device):
     stats = dataset_stats(dataset, args, inception, device, rank, world, "reference features")
     if rank == 0:
         mu, sigma = stats.mu_sigma()
-        save_stats(args.out, mu, sigma)
+        common.save_npz(args.out, mu=mu, sigma=sigma)  # pytorch-fid format
         print(f"wrote {args.out}: statistics of {stats.n} images")
         return {"command": "ref", "out": args.out, "num_images": stats.n}
 
@@ -425,7 +418,7 @@ def maybe_inception(args, device):
         return None
     try:
         return build_inception(find_inception_weights(args.inception_weights), device)
-    except (RuntimeError, FileNotFoundError) as err:
+    except FileNotFoundError as err:
         if args.fid == "on":
             raise
         print(f"note: rFID skipped: {err}")
@@ -500,5 +493,5 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # bad input or missing weights: a message
+    except (ValueError, FileNotFoundError) as err:  # bad input or missing weights: a message, not a traceback
         sys.exit(f"evaluate.py: error: {err}")

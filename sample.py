@@ -63,14 +63,6 @@ def parse_labels(text, num_samples, num_classes):
     return [labels[i % len(labels)] for i in range(num_samples)]  # repeated to --num-samples
 
 
-def save_npz(path, images, labels):
-    """ADM-style .npz: arr_0 = uint8 (N, H, W, 3), arr_1 = labels; written atomically."""
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, arr_0=images, arr_1=labels)
-    os.replace(tmp, path)
-
-
 def main(args):
     # ------------------------------------------------------------------ validate before any work
     model, ckpt = load_dit(args.ckpt)
@@ -118,7 +110,8 @@ def main(args):
         print(f"wrote {out} ({len(grid)} of {len(all_images)} samples, cfg {args.cfg_scale}, {args.steps} DDIM steps"
               f", eta {args.eta}{', first ' + str(args.latent_channels) + ' channels' if args.latent_channels else ''})")
         if args.npz:
-            save_npz(args.npz, all_images.numpy(), np.array(labels, dtype=np.int64))
+            # ADM-style: arr_0 = uint8 (N, H, W, 3), arr_1 = labels
+            common.save_npz(args.npz, arr_0=all_images.numpy(), arr_1=np.array(labels, dtype=np.int64))
             print(f"wrote {args.npz}: arr_0 {tuple(all_images.shape)} uint8, arr_1 labels")
     common.cleanup_distributed()
 

@@ -20,10 +20,8 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -90,24 +88,10 @@ def main(args):
     if args.resume and args.init_from:
         raise ValueError("--resume continues a run and --init-from starts a new one from weights: pass only one")
     last_path = os.path.join(args.out, "last.pt")
-    resume_ckpt = None
-    if args.resume:
-        if not os.path.isfile(last_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        resume_ckpt = dcae15.load_checkpoint(last_path)
-        if not isinstance(resume_ckpt, dict) or resume_ckpt.get("kind") != "dcae15-ae":
-            raise ValueError(f"--resume: {last_path} is not a train_ae.py checkpoint")
-        defaults = vars(build_parser().parse_args([]))
-        for key, value in resume_ckpt["args"].items():  # keep the run's settings; refuse silent changes
-            if key not in RESUME_FREE_ARGS and getattr(args, key) != value:
-                if getattr(args, key) != defaults[key]:
-                    raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
-                                     f"run's {value}; drop the flag to continue the run as it was")
-                setattr(args, key, value)
+    resume_ckpt = common.open_run(args, "dcae15-ae", build_parser(), RESUME_FREE_ARGS)
+    if resume_ckpt is not None:
         cfg, init_sd = dcae15.DCAEConfig.from_dict(resume_ckpt["config"]), None
     else:
-        if os.path.exists(last_path):
-            raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
         cfg, init_sd = load_init_from(args) if args.init_from else (dcae15.build_dcae_config(args.model), None)
     choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
     f = 2 ** (len(cfg.encoder.width_list) - 1)
@@ -154,8 +138,7 @@ def main(args):
             disc.load_state_dict(resume_ckpt["disc"])
             opt_disc.load_state_dict(resume_ckpt["opt_disc"])
         step = resume_ckpt["step"]
-        common.set_rng_state(resume_ckpt["rng"][rank] if rank < len(resume_ckpt["rng"]) else resume_ckpt["rng"][0],
-                             {"channel": channel_gen})
+        common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
 
     ae_ddp = DDP(ae, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else ae
     disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and disc else disc
@@ -163,26 +146,21 @@ def main(args):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # fp32 on CPU
 
     # ------------------------------------------------------------------ outputs (only now: inputs are valid)
-    log_file = None
     if master:
         os.makedirs(args.out, exist_ok=True)
-        log_file = open(os.path.join(args.out, "log.txt"), "a")
+    log = common.RunLog(args.out, master)
+    if master:
         n_params = sum(p.numel() for p in ae.parameters()) / 1e6
         header = (f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, latent "
                   f"{cfg.latent_channels}x{args.image_size // f}x{args.image_size // f}, c' in {choices}"
                   f"{' (structured)' if not args.no_structured else ' (plain baseline: c = ' + str(cfg.latent_channels) + ' only)'}"
                   f", {world} process(es) on {device}, perceptual {'on' if perceptual else 'off'}")
-        print(header)
-        log_file.write(header + "\n")
+        log.write(header)
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
     def save(final=False):
         """Checkpoint (tensors and plain values only), written atomically by rank 0."""
-        rng = [common.get_rng_state({"channel": channel_gen})]
-        if world > 1:  # gather every rank's RNG state so that resume continues each stream
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
+        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's, so resume continues each stream
         if not master:
             return None
         # a quick look for periodic saves, the full report at the end
@@ -204,14 +182,11 @@ def main(args):
 
     # ------------------------------------------------------------------ training loop
     pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
-    t0, seen, running, n_running = time.time(), 0, {}, 0  # running: sums of the logged terms since the last line
     while step < args.max_steps:
         x, _ = next(loader)
         # Structured latent space: one c' per step (per rank). The plain baseline always uses all c channels.
         c_prime = cfg.latent_channels if args.no_structured else dcae15.sample_latent_channels(choices, generator=channel_gen)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = common.warmup_lr(opt, args.lr, step, args.warmup_steps)
 
         ae.train()
         if disc is not None:
@@ -235,23 +210,13 @@ def main(args):
             opt_disc.step()
 
         step += 1
-        seen += x.shape[0] * world
         pbar.update(1)
-        logged = {"loss": loss.detach(), **terms, **({"d_loss": d_loss.detach()} if d_loss is not None else {})}
-        for k, v in logged.items():  # tensors: no GPU sync until the log line
-            running[k] = running.get(k, 0.0) + v
-        n_running += 1
+        log.accumulate({"loss": loss, **terms, **({"d_loss": d_loss} if d_loss is not None else {})},
+                       x.shape[0] * world)
         if step % args.log_every == 0 or step == args.max_steps:
-            elapsed = time.time() - t0
-            # averages over the interval (and the ranks), not one noisy batch
-            values = {k: common.all_reduce_mean(v.item() / n_running) for k, v in running.items()}
-            line = (f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e} | {seen / elapsed:.1f} img/s")
-            if master:
-                tqdm.write(line, file=sys.stdout)
-                log_file.write(line + "\n")
-                log_file.flush()
-            t0, seen, running, n_running = time.time(), 0, {}, 0
+            values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
+            log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+                      + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.1f} img/s")
         if step % args.sample_every == 0 and step < args.max_steps:  # the last step is saved below
             save()
             picture()
@@ -270,10 +235,9 @@ def main(args):
                   f"wrote {last_path} and {os.path.join(args.out, 'recon_partial.png')}"]
         if n_ranks > 1:
             lines.append(f"DDP check: weights identical on all {n_ranks} ranks")
-        print("\n".join(lines))
-        log_file.write("\n".join(lines) + "\n")
-        log_file.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale}) + "\n")
-        log_file.close()
+        log.write("\n".join(lines))
+        log.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale}), echo=False)
+    log.close()
     common.cleanup_distributed()
 
 

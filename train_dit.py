@@ -16,7 +16,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -129,22 +128,7 @@ def sample_grid(model, ae, latent_scale, diffusion, num_classes, per_class, devi
 def main(args):
     # ------------------------------------------------------------------ validate everything before any work
     last_path = os.path.join(args.out, "last.pt")
-    resume_ckpt = None
-    if args.resume:
-        if not os.path.isfile(last_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        resume_ckpt = dcae15.load_checkpoint(last_path)
-        if not isinstance(resume_ckpt, dict) or resume_ckpt.get("kind") != "dcae15-dit":
-            raise ValueError(f"--resume: {last_path} is not a train_dit.py checkpoint")
-        defaults = vars(build_parser().parse_args(["--ae-ckpt", "x"]))
-        for key, value in resume_ckpt["args"].items():  # keep the run's settings; refuse silent changes
-            if key not in RESUME_FREE_ARGS and getattr(args, key) != value:
-                if getattr(args, key) != defaults[key]:
-                    raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
-                                     f"run's {value}; drop the flag to continue the run as it was")
-                setattr(args, key, value)
-    elif os.path.exists(last_path):
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    resume_ckpt = common.open_run(args, "dcae15-dit", build_parser(), RESUME_FREE_ARGS)
     if args.ae_ckpt is None:
         raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file with --ae-config")
     ae, latent_scale, ae_info = common.load_autoencoder(args.ae_ckpt, args.ae_config, args.latent_scale)
@@ -198,32 +182,27 @@ def main(args):
         ema.load_state_dict(resume_ckpt["ema"])
         opt.load_state_dict(resume_ckpt["opt"])
         step = resume_ckpt["step"]
-        common.set_rng_state(resume_ckpt["rng"][min(rank, len(resume_ckpt["rng"]) - 1)], {"channel": channel_gen})
+        common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
     model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     sampler = iter(common.StepSampler(len(latents), args.batch_size, rank, world, args.seed, step))
     local_batch = args.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     # ------------------------------------------------------------------ outputs (only now: inputs are valid)
-    log_file = None
     if master:
         os.makedirs(args.out, exist_ok=True)
-        log_file = open(os.path.join(args.out, "log.txt"), "a")
+    log = common.RunLog(args.out, master)
+    if master:
         header = (f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
                   f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on {len(latents)} latents "
                   f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, "
                   + (f"augmented with c' in {choices}, weight {args.aug_weight}" if not args.no_augmented
                      else "plain objective (no augmented training)")
                   + f", {world} process(es) on {device}")
-        print(header)
-        log_file.write(header + "\n")
+        log.write(header)
 
     def save(final=False):
-        rng = [common.get_rng_state({"channel": channel_gen})]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
+        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's, so resume continues each stream
         if not master:
             return
         ckpt = {"kind": "dcae15-dit", "config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
@@ -239,15 +218,12 @@ def main(args):
 
     # ------------------------------------------------------------------ training loop
     pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
-    t0, seen, running, n_running = time.time(), 0, {}, 0  # running: sums of the logged terms since the last line
     while step < args.max_steps:
         idx = torch.tensor([next(sampler) for _ in range(local_batch)])
         x = latents[idx].to(device, non_blocking=True).float() * latent_scale  # scaled as the official code
         y = labels[idx].to(device, non_blocking=True)
         c_prime = None if args.no_augmented else dcae15.sample_latent_channels(choices, generator=channel_gen)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = common.warmup_lr(opt, args.lr, step, args.warmup_steps)
         model.train()
         with autocast:
             loss, terms = diffusion.training_loss(model_ddp, x, y, c_prime=c_prime, aug_weight=args.aug_weight)
@@ -257,22 +233,13 @@ def main(args):
         opt.step()
         common.update_ema(ema, model, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
         step += 1
-        seen += x.shape[0] * world
         pbar.update(1)
-        for k, v in {"loss": loss.detach(), **terms}.items():  # tensors: no GPU sync until the log line
-            running[k] = running.get(k, 0.0) + v
-        n_running += 1
+        log.accumulate({"loss": loss, **terms}, x.shape[0] * world)
         if step % args.log_every == 0 or step == args.max_steps:
-            # averages over the interval (and the ranks), not one noisy batch
-            values = {k: common.all_reduce_mean(v.item() / n_running) for k, v in running.items()}
-            line = (f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    + f" | c' {c_prime if c_prime is not None else '-'} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
-                    + f" | {seen / (time.time() - t0):.0f} latents/s")
-            if master:
-                tqdm.write(line, file=sys.stdout)
-                log_file.write(line + "\n")
-                log_file.flush()
-            t0, seen, running, n_running = time.time(), 0, {}, 0
+            values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
+            log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+                      + f" | c' {c_prime if c_prime is not None else '-'} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
+                      + f" | {rate:.0f} latents/s")
         if step % args.sample_every == 0 and step < args.max_steps:
             save()
     pbar.close()
@@ -282,9 +249,8 @@ def main(args):
         done = f"wrote {last_path} and {os.path.join(args.out, 'samples.png')}"
         if n_ranks > 1:
             done += f"\nDDP check: weights identical on all {n_ranks} ranks"
-        print(done)
-        log_file.write(done + "\n")
-        log_file.close()
+        log.write(done)
+    log.close()
     common.cleanup_distributed()
 
 

@@ -78,3 +78,25 @@ def test_adm_center_crop():
     assert out.size == (64, 64)
     x = common.to_tensor_m11(out)
     assert x.shape == (3, 64, 64) and torch.allclose(x[:, 0, 0], torch.tensor([10, 20, 30]) / 127.5 - 1)
+
+
+def test_imagefolder_and_offline_cifar(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for label, cls in enumerate(("cat", "dog")):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 30), (100 * i, 50, 200 * label)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    ds = common.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"))
+    x, y = ds[3]
+    assert len(ds) == 4 and ds.num_classes == 2 and x.shape == (3, 16, 16) and y == 1
+    torch.testing.assert_close(x[:, 8, 8], torch.tensor([100, 50, 200]) / 127.5 - 1)
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading cifar-10-python.tar.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(FileNotFoundError, match="could not be downloaded.*--data shapes"):
+        common.build_dataset("cifar10", "train", 32, str(tmp_path / "cifar"))

@@ -78,7 +78,7 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
     path = str(tmp_path / "stats.npz")
-    evaluate.save_stats(path, mu, sigma)
+    common.save_npz(path, mu=mu, sigma=sigma)
     mu2, sigma2 = evaluate.load_stats(path)
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
     np.savez(tmp_path / "bad.npz", arr_0=mu)

@@ -1,7 +1,6 @@
 """The autoencoder loss (L1 + LPIPS + hinge GAN) and the perceptual-mode switch."""
 
 import urllib.error
-import warnings
 
 import lpips
 import pytest
@@ -58,7 +57,7 @@ def test_perceptual_modes(monkeypatch):
     monkeypatch.setattr(lpips, "LPIPS", offline)
     with pytest.warns(UserWarning, match="vgg16-397923af.pth.*WITHOUT the perceptual loss"):
         assert dcae15.build_lpips("auto") is None
-    with pytest.raises(RuntimeError, match="vgg16-397923af.pth"):
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
         dcae15.build_lpips("on")
 
 
