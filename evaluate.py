@@ -194,6 +194,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
+        raise ValueError("FID statistics contain NaN or inf (features overflowed?)")
     w1, v1 = np.linalg.eigh(sigma1)
     sqrt1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T
     w = np.linalg.eigvalsh(sqrt1 @ sigma2 @ sqrt1)
@@ -213,12 +215,13 @@ def ssim(x, y, data_range=255.0):
     """Per-image SSIM (Wang et al. 2004) of uint8 images: 11x11 Gaussian window (sigma 1.5), K = (0.01, 0.03),
     averaged over channels and the valid window positions (as torchmetrics, which the official eval uses)."""
     x, y = x.double(), y.double()
-    coords = torch.arange(11, dtype=torch.float64) - 5
+    coords = torch.arange(11, dtype=torch.float64, device=x.device) - 5
     g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
     C = x.shape[1]
-    win = (g[:, None] * g[None, :]).expand(C, 1, 11, 11).to(x.device)
-    filt = lambda t: F.conv2d(t, win, groups=C)  # noqa: E731  (valid positions only)
+    rows, cols = g.view(1, 1, 11, 1).expand(C, 1, 11, 1), g.view(1, 1, 1, 11).expand(C, 1, 1, 11)
+    # the 2D Gaussian window is separable: two 1D passes, 5.5x cheaper; valid positions only
+    filt = lambda t: F.conv2d(F.conv2d(t, rows, groups=C), cols, groups=C)  # noqa: E731
     mu_x, mu_y = filt(x), filt(y)
     var_x, var_y, cov = filt(x * x) - mu_x**2, filt(y * y) - mu_y**2, filt(x * y) - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
