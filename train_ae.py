@@ -55,7 +55,8 @@ def load_init_from(args):
         raise ValueError(f"--init-from {args.init_from} is a {raw['kind']} checkpoint, not an autoencoder")
     cfg, sd = dcae15.build_dcae_config(args.model), dcae15.autoencoder_state_dict(raw)
     try:
-        dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
+        with torch.device("meta"):  # shapes only: no second full-size model in memory
+            dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
     except ValueError as err:
         raise ValueError(f"--init-from {args.init_from} does not fit --model {args.model}: {err}") from None
     return cfg, sd
