@@ -367,6 +367,7 @@ class DCAE(nn.Module):
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
         self.cfg = cfg
+        # the only two children, so state-dict keys start with "encoder." / "decoder." as in the official files
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
@@ -376,7 +377,8 @@ class DCAE(nn.Module):
 
     @property
     def spatial_compression_ratio(self):
-        # stem (when depth[0] == 0) plus one downsample per stage but the last
+        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then one at the
+        # end of every stage but the last. f32 has 6 stages, f64 has 7.
         return 2 ** (len(self.cfg.encoder.width_list) - 1)
 
     def check_images(self, x):
@@ -410,10 +412,10 @@ class DCAE(nn.Module):
         channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns (x_rec, z).
         """
         if isinstance(latent_channels, torch.Tensor):
-            z = self.encode(x)
-            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)
+            z = self.encode(x)  # (B, c, h, w)
+            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)  # zero channels >= c'_i
         else:
-            z = self.encode(x, latent_channels)
+            z = self.encode(x, latent_channels)  # (B, c', h, w): the truncated latent, same function, cheaper
         return self.decode(z), z
 
 
