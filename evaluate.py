@@ -378,15 +378,13 @@ def sample_batches(args, rank, world, device):
         model, ckpt = sample.load_dit(args.ckpt)
         ae = sample.load_paired_autoencoder(ckpt).to(device)
         model.to(device)
-        cfg, scale, diffusion = model.cfg, ckpt["latent_scale"], dcae15.GaussianDiffusion()
         n_batches = math.ceil(args.num_samples / args.batch_size)
         for b in list(range(n_batches))[rank::world]:
             size = min(args.batch_size, args.num_samples - b * args.batch_size)
             gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
-            y = torch.randint(cfg.num_classes, (size,), generator=gen, device=device)  # random labels, as official
-            z = diffusion.ddim_sample(model, (size, cfg.in_channels, cfg.input_size, cfg.input_size), y,
-                                      steps=args.steps, cfg_scale=args.cfg_scale, generator=gen)
-            yield common.to_uint8(ae.decode(z / scale))
+            y = torch.randint(model.cfg.num_classes, (size,), generator=gen, device=device)  # random, as official
+            yield common.to_uint8(sample.generate(model, ae, ckpt["latent_scale"], y, gen, args.steps,
+                                                 cfg_scale=args.cfg_scale))
 
 
 def cmd_fid(args, rank, world, device):

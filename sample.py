@@ -50,6 +50,24 @@ def load_paired_autoencoder(ckpt, ae_ckpt=None):
     return ae
 
 
+@torch.no_grad()
+def generate(model, ae, latent_scale, y, generator, steps=50, eta=0.0, cfg_scale=1.0, latent_channels=None):
+    """Class-conditional images for labels y: DDIM in the scaled latent space, then decode.
+
+    Returns (B, 3, H, W) images in about [-1, 1], unclamped (to_uint8 clamps). The DiT runs under bf16
+    autocast on CUDA; the decoder in fp32, the official default. Shared by sample.py, train_dit.py's sample
+    grids and evaluate.py's on-the-fly FID, so all three make the same images from the same generator.
+    """
+    cfg = model.cfg
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=y.device.type == "cuda"):
+        z = dcae15.GaussianDiffusion().ddim_sample(model, (len(y), cfg.in_channels, cfg.input_size, cfg.input_size),
+                                                    y, steps=steps, eta=eta, cfg_scale=cfg_scale, generator=generator,
+                                                    latent_channels=latent_channels)
+    if latent_channels is not None:  # the rest is zero; the decoder's adaptive input conv zero-fills it anyway
+        z = z[:, :latent_channels]
+    return ae.decode(z.float() / latent_scale)
+
+
 def parse_labels(text, num_samples, num_classes):
     if text is None:  # cycle through the classes
         return [i % num_classes for i in range(num_samples)]
@@ -80,22 +98,13 @@ def main(args):
     rank, world, device = common.setup_distributed(args.device)
     model.to(device)
     ae.to(device)
-    diffusion = dcae15.GaussianDiffusion()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     n_batches = (args.num_samples + args.batch_size - 1) // args.batch_size
     mine = list(range(rank, n_batches, world))  # batch b is sampled by rank b % world
     images = {}
     for b in tqdm(mine, desc="sampling", disable=rank != 0, file=sys.stdout):
         y = torch.tensor(labels[b * args.batch_size : (b + 1) * args.batch_size], device=device)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
-        with autocast:
-            z = diffusion.ddim_sample(model, (len(y), cfg.in_channels, cfg.input_size, cfg.input_size), y,
-                                      steps=args.steps, eta=args.eta, cfg_scale=args.cfg_scale, generator=gen,
-                                      latent_channels=args.latent_channels)
-        # decode in fp32 (the official default); the rest of a partial latent is zero-filled by the decoder
-        if args.latent_channels is not None:
-            z = z[:, : args.latent_channels]
-        x = ae.decode(z.float() / scale)
+        x = generate(model, ae, scale, y, gen, args.steps, args.eta, args.cfg_scale, args.latent_channels)
         images[b] = common.to_uint8(x).permute(0, 2, 3, 1).cpu()  # (B, H, W, 3)
 
     if world > 1:  # bring every batch to rank 0

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import common
 import dcae15
+import sample
 
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device", "cache_dir",
                     "encode_batch_size", "ae_ckpt"}  # the AE may move: its fingerprint is checked instead
@@ -70,7 +71,7 @@ def interleave(shards, n):
 def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     """Encode the training images once (split over ranks), write the cache atomically, reuse it next time.
 
-    Returns (latents, labels, path); latents are unscaled, (N, C, h, w), memory-mapped from the file.
+    Returns (latents, labels); latents are unscaled, (N, C, h, w), memory-mapped from the file.
     With --flip the mirrored images follow the originals (N = 2 x images).
     """
     num_images = len(train_set) if args.max_images <= 0 else min(args.max_images, len(train_set))
@@ -103,22 +104,18 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     elif rank == 0:
         print(f"latent cache: reusing {path}")
     cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: ranks share the pages
-    return cache["latents"], cache["labels"], path
+    return cache["latents"], cache["labels"]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Samples
 
 
-@torch.no_grad()
-def sample_grid(model, ae, latent_scale, diffusion, num_classes, per_class, device, seed, steps, cfg_scale):
+def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, steps, cfg_scale):
     """per_class samples of each of the first <= 10 classes, decoded to images; rows are classes."""
-    classes = min(num_classes, 10)
-    y = torch.arange(classes, device=device).repeat_interleave(per_class)
-    shape = (len(y), model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
-    z = diffusion.ddim_sample(model, shape, y, steps=steps, cfg_scale=cfg_scale,
-                              generator=torch.Generator(device).manual_seed(seed))
-    return ae.decode(z / latent_scale).clamp(-1, 1)
+    y = torch.arange(min(num_classes, 10), device=device).repeat_interleave(per_class)
+    return sample.generate(model, ae, latent_scale, y, torch.Generator(device).manual_seed(seed), steps,
+                           cfg_scale=cfg_scale)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -157,7 +154,7 @@ def main(args):
     num_classes = train_set.num_classes
 
     # ------------------------------------------------------------------ latents (encoded once, then cached)
-    latents, labels, cache_path = build_latent_cache(args, ae, ae_info, train_set, rank, world, device)
+    latents, labels = build_latent_cache(args, ae, ae_info, train_set, rank, world, device)
     ae.to(device)  # kept for the sample grids
 
     # ------------------------------------------------------------------ model, optimiser
@@ -212,7 +209,7 @@ def main(args):
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
-        images = sample_grid(ema, ae, latent_scale, diffusion, num_classes, 8, device, args.seed, args.sample_steps,
+        images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed, args.sample_steps,
                              args.cfg_scale)
         common.save_grid(images, os.path.join(args.out, "samples.png"), ncol=8)
 
