@@ -90,7 +90,7 @@ DCAE_CONFIGS = {
     "dc-ae-f64c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024, 1024], [0, 5, 10, 4, 4, 4, 4], 128, 0.5935),
     # Classroom preset: 64x64 images -> 4x4x64 latents. Same regime as the paper (deep compression f16,
     # many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an official model.
-    "dc-ae-f16c64-classroom": _dcae_config([32, 64, 128, 128, 256], [0, 1, 1, 2, 2], 64),
+    "dc-ae-f16c64-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 64),
     # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
     "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
 }

@@ -260,7 +260,7 @@ def build_parser():
                    help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
     p.add_argument("--no-structured", action="store_true", help="plain DC-AE baseline: always decode all c channels")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")
-    p.add_argument("--max-steps", type=int, default=1400, help="training steps")
+    p.add_argument("--max-steps", type=int, default=2200, help="training steps")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the autoencoder")
     p.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official default 0)")
