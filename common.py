@@ -103,7 +103,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         cls = index % self.num_classes
         # NOTE: the ranges are narrow on purpose. With objects anywhere in the frame (radius 0.45-0.8, tilt up
         # to 30 degrees) the 5-minute classroom DiT drew the requested class in only ~27% of its samples (a
-        # small CNN's verdict; chance is 10%); with these ranges and the same training, in ~65%. The AE's
+        # small CNN's verdict; chance is 10%); with these ranges and the same judge, in ~65%. The AE's
         # story holds either way: front channels give the object, later channels sharpen it.
         scale = 0.55 + 0.25 * r().item()  # object radius as a fraction of the half-width
         cx, cy = ((r(2) * 2 - 1) * (1 - scale) * 0.3).tolist()  # jitter around the centre, inside the frame

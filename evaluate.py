@@ -7,6 +7,8 @@ Evaluate autoencoders and generators: rFID, PSNR, SSIM, LPIPS, the partial-chann
     python evaluate.py ref --data imagefolder --data-path /data/imagenet/train --image-size 256 --out ref.npz
     # FID of samples (an .npz from sample.py, an image folder, or a DiT checkpoint sampled on the fly)
     python evaluate.py fid --samples samples.npz --ref ref.npz
+    # how often a DiT's samples show the requested class (a small CNN trained on the AE's reconstructions judges)
+    python evaluate.py classes --ckpt runs/dit/last.pt
 
 FID is pytorch-fid compatible: torchvision's Inception v3 with the TF-graph pooling changes and the FID weights
 pt_inception-2015-12-05-6726825d.pth; uint8 images, bilinear resize to 299, 2048-d pool features; statistics
@@ -408,6 +410,89 @@ def cmd_fid(args, rank, world, device):
         return {"command": "fid", "fid": fid, "num_samples": stats.n, "ref": args.ref or args.ref_data}
 
 
+def class_judge(num_classes):
+    """A small CNN (four conv-BN-ReLU-pool blocks) that tells the classes apart: the judge of `classes`."""
+    def block(i, o):
+        return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o), torch.nn.ReLU(),
+                                   torch.nn.MaxPool2d(2))
+    return torch.nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, num_classes))
+
+
+@torch.no_grad()
+def reconstructions(ae, dataset, num_images, batch_size, device, desc):
+    """(uint8 images, labels): the AE's reconstructions of the first num_images of dataset (uint8 to save memory)."""
+    xs, ys = [], []
+    for start in tqdm(range(0, num_images, batch_size), desc=desc, file=sys.stdout):
+        items = [dataset[i] for i in range(start, min(start + batch_size, num_images))]
+        x = torch.stack([im for im, _ in items]).to(device)
+        xs.append(common.to_uint8(ae(x)[0]).cpu())
+        ys.append(torch.tensor([label for _, label in items]))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def cmd_classes(args, rank, world, device):
+    """How often a DiT's samples show the requested class, judged by a CNN trained on the AE's reconstructions.
+
+    The judge sees reconstructions, not the sharp originals, because decoded samples look like those: trained
+    on originals, it misreads the AE's blur. Its accuracy on validation reconstructions is the ceiling.
+    """
+    import sample
+
+    if world > 1:
+        raise ValueError("evaluate.py classes runs in one process; start it with python, not torchrun")
+    if args.num_samples <= 0 or args.num_images <= 0 or args.judge_steps <= 0:
+        raise ValueError("--num-samples, --num-images and --judge-steps must be positive")
+    cfg_scales = [float(v) for v in args.cfg_scales.split(",")]
+    model, ckpt = sample.load_dit(args.ckpt)
+    ae = sample.load_paired_autoencoder(ckpt, args.ae_ckpt).to(device)
+    model.to(device)
+    run = ckpt["args"]  # the DiT's own data: its classes are the ones to judge
+    train = common.build_dataset(run["data"], "train", run["image_size"], run["data_path"], seed=run["seed"])
+    val = common.build_dataset(run["data"], "val", run["image_size"], run["data_path"], seed=run["seed"])
+    num_classes = model.cfg.num_classes
+
+    x, y = reconstructions(ae, train, min(args.num_images, len(train)), args.batch_size, device, "judge data")
+    torch.manual_seed(args.seed)
+    judge = class_judge(num_classes).to(device)
+    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.judge_steps)  # a settled judge at the end
+    for _ in tqdm(range(args.judge_steps), desc="training the judge", file=sys.stdout):
+        idx = torch.randint(len(x), (64,))
+        xb = x[idx].to(device).float() / 127.5 - 1
+        xb = xb + 0.1 * torch.randn_like(xb)  # a little robustness to the noise left in samples
+        loss = F.cross_entropy(judge(xb), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay.step()
+    judge.eval()
+
+    @torch.no_grad()
+    def accuracy(images, labels):  # uint8 images, as a saved sample would be
+        return (judge(images.to(device).float() / 127.5 - 1).argmax(1).cpu() == labels).float().mean().item()
+
+    xv, yv = reconstructions(ae, val, min(1000, len(val)), args.batch_size, device, "val reconstructions")
+    result = {"command": "classes", "ckpt": args.ckpt, "ceiling": accuracy(xv, yv), "samples": {}}
+    labels = torch.arange(args.num_samples) % num_classes  # every class equally often
+    for scale in cfg_scales:
+        hits = 0.0
+        for b, start in enumerate(range(0, args.num_samples, args.batch_size)):
+            yb = labels[start : start + args.batch_size]
+            gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)  # as sample.py does
+            with torch.no_grad():
+                images = common.to_uint8(sample.generate(model, ae, ckpt["latent_scale"], yb.to(device), gen,
+                                                         args.steps, cfg_scale=scale))
+            hits += accuracy(images, yb) * len(yb)
+        result["samples"][str(scale)] = hits / args.num_samples
+    print(f"judge: a small CNN trained {args.judge_steps} steps on the AE's reconstructions of "
+          f"{len(x)} training images; it gets {result['ceiling']:.1%} of {len(xv)} val reconstructions right "
+          f"(the ceiling; chance is {1 / num_classes:.1%})")
+    for scale, acc in result["samples"].items():
+        print(f"  guidance {float(scale):4.1f}: {acc:6.1%} of {args.num_samples} samples show the requested class")
+    return result
+
+
 def load_ae(path, ae_config):
     """An autoencoder for evaluation: ours (EMA) or official (needs --ae-config). The latent scale is irrelevant."""
     return common.load_autoencoder(path, ae_config, latent_scale=1.0)
@@ -473,6 +558,18 @@ def build_parser():
     f.add_argument("--seed", type=int, default=0, help="seed of the samples / the shapes dataset")
     common_flags(f)
 
+    c = sub.add_parser("classes", help="share of a DiT's samples that show the requested class (a small CNN judges)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--ckpt", required=True, help="a train_dit.py checkpoint (its data and AE are used)")
+    c.add_argument("--ae-ckpt", default=None, help="the DiT's autoencoder, if it has moved")
+    c.add_argument("--num-samples", type=int, default=200, help="samples per guidance scale (classes in turn)")
+    c.add_argument("--cfg-scales", default="1,4", help="comma-separated guidance scales")
+    c.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    c.add_argument("--num-images", type=int, default=20000, help="training images the judge learns from")
+    c.add_argument("--judge-steps", type=int, default=1200, help="training steps of the judge (batch 64)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the judge and of the samples")
+    common_flags(c)
+
     s = sub.add_parser("ref", help="reference statistics of a dataset, saved as a pytorch-fid .npz",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--out", required=True, help="output .npz (mu, sigma)")
@@ -483,7 +580,8 @@ def build_parser():
 
 def main(args):
     rank, world, device = common.setup_distributed(args.device)
-    result = {"recon": cmd_recon, "ref": cmd_ref, "fid": cmd_fid}[args.command](args, rank, world, device)
+    commands = {"recon": cmd_recon, "ref": cmd_ref, "fid": cmd_fid, "classes": cmd_classes}
+    result = commands[args.command](args, rank, world, device)
     if rank == 0 and args.json and result is not None:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -108,3 +108,34 @@ def test_bad_input(work):
         proc = run("sample.py", ["--ckpt", dit_ckpt, "--out", str(png), *extra], check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not png.exists()
+
+
+def test_evaluate_classes(work):
+    run("train_dit.py", dit_args(work, work / "dit_cls", steps=1))
+    out = work / "classes.json"
+    proc = run("evaluate.py", ["classes", "--ckpt", str(work / "dit_cls" / "last.pt"), "--num-images", "40",
+                               "--judge-steps", "3", "--num-samples", "7", "--batch-size", "4", "--steps", "2",
+                               "--cfg-scales", "1,3", "--json", str(out)])
+    assert "val reconstructions right" in proc.stdout
+    import json
+
+    result = json.loads(out.read_text())
+    assert 0 <= result["ceiling"] <= 1 and sorted(result["samples"]) == ["1.0", "3.0"]
+    for acc in result["samples"].values():  # a share of 7 samples (batches of 4 and 3 weighted by their size)
+        assert abs(acc * 7 - round(acc * 7)) < 1e-6
+    dit = str(work / "dit_cls" / "last.pt")
+    for args, message in ((["--ckpt", str(work / "ae" / "last.pt")], "is an autoencoder checkpoint"),
+                          (["--ckpt", dit, "--num-samples", "0"], "must be positive")):
+        proc = run("evaluate.py", ["classes", *args], check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_judge_reconstructions_keep_labels(work):
+    import evaluate
+
+    ae, _, _ = common.load_autoencoder(str(work / "ae" / "last.pt"))
+    ds = common.ShapesDataset("val", image_size=16)
+    x, y = evaluate.reconstructions(ae, ds, 23, 10, torch.device("cpu"), "test")
+    assert x.dtype == torch.uint8 and x.shape == (23, 3, 16, 16) and y.tolist() == [ds[i][1] for i in range(23)]
+    with torch.no_grad():  # the same images as reconstructing one at a time (up to a rounding step)
+        assert (x[17].int() - common.to_uint8(ae(ds[17][0][None])[0])[0].int()).abs().max() <= 1
