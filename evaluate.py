@@ -443,7 +443,10 @@ def cmd_classes(args, rank, world, device):
         raise ValueError("evaluate.py classes runs in one process; start it with python, not torchrun")
     if args.num_samples <= 0 or args.num_images <= 0 or args.judge_steps <= 0:
         raise ValueError("--num-samples, --num-images and --judge-steps must be positive")
-    cfg_scales = [float(v) for v in args.cfg_scales.split(",")]
+    try:
+        cfg_scales = [float(v) for v in args.cfg_scales.split(",")]
+    except ValueError:
+        raise ValueError(f"--cfg-scales must be comma-separated numbers, got {args.cfg_scales!r}") from None
     model, ckpt = sample.load_dit(args.ckpt)
     ae = sample.load_paired_autoencoder(ckpt, args.ae_ckpt).to(device)
     model.to(device)

@@ -125,7 +125,8 @@ def test_evaluate_classes(work):
         assert abs(acc * 7 - round(acc * 7)) < 1e-6
     dit = str(work / "dit_cls" / "last.pt")
     for args, message in ((["--ckpt", str(work / "ae" / "last.pt")], "is an autoencoder checkpoint"),
-                          (["--ckpt", dit, "--num-samples", "0"], "must be positive")):
+                          (["--ckpt", dit, "--num-samples", "0"], "must be positive"),
+                          (["--ckpt", dit, "--cfg-scales", "1,x"], "--cfg-scales must be comma-separated")):
         proc = run("evaluate.py", ["classes", *args], check=False)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
