@@ -120,8 +120,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             obj_color = 1 - bg_color if (bg_color @ lum) < 0.35 or (bg_color @ lum) > 0.65 else (bg_color + 0.5) % 1
         n = 2 * self.image_size
         # texture: bold stripes on the object, horizontal or vertical at random, 8 px period on the pixel grid,
-        # darker on light objects and lighter on dark ones. A decoder can draw them quickly, but which way they
-        # run is extra information on top of the shape: detail for the later latent channels.
+        # darker on light objects and lighter on dark ones. A decoder can draw them quickly. The structured
+        # classroom AE puts their direction in its first 8 channels already; the later channels make them crisp.
         # NOTE: earlier versions used finer (~4 px) stripes at random angles; an L1-trained classroom AE did
         # not learn those in 5 CPU minutes, so the picture could not show the later channels adding them.
         pix = torch.arange(n) // 2  # output-pixel index of each 2x-resolution row / column
