@@ -423,11 +423,9 @@ def class_judge(num_classes):
 def reconstructions(ae, dataset, num_images, batch_size, device, desc):
     """(uint8 images, labels): the AE's reconstructions of the first num_images of dataset (uint8 to save memory)."""
     xs, ys = [], []
-    for start in tqdm(range(0, num_images, batch_size), desc=desc, file=sys.stdout):
-        items = [dataset[i] for i in range(start, min(start + batch_size, num_images))]
-        x = torch.stack([im for im, _ in items]).to(device)
-        xs.append(common.to_uint8(ae(x)[0]).cpu())
-        ys.append(torch.tensor([label for _, label in items]))
+    for x, y in image_batches(dataset, num_images, batch_size, desc=desc):
+        xs.append(common.to_uint8(ae(x.to(device))[0]).cpu())
+        ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -455,7 +453,7 @@ def cmd_classes(args, rank, world, device):
     val = common.build_dataset(run["data"], "val", run["image_size"], run["data_path"], seed=run["seed"])
     num_classes = model.cfg.num_classes
 
-    x, y = reconstructions(ae, train, min(args.num_images, len(train)), args.batch_size, device, "judge data")
+    x, y = reconstructions(ae, train, args.num_images, args.batch_size, device, "judge data")
     torch.manual_seed(args.seed)
     judge = class_judge(num_classes).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
@@ -475,7 +473,7 @@ def cmd_classes(args, rank, world, device):
     def accuracy(images, labels):  # uint8 images, as a saved sample would be
         return (judge(images.to(device).float() / 127.5 - 1).argmax(1).cpu() == labels).float().mean().item()
 
-    xv, yv = reconstructions(ae, val, min(1000, len(val)), args.batch_size, device, "val reconstructions")
+    xv, yv = reconstructions(ae, val, 1000, args.batch_size, device, "val reconstructions")
     result = {"command": "classes", "ckpt": args.ckpt, "ceiling": accuracy(xv, yv), "samples": {}}
     labels = torch.arange(args.num_samples) % num_classes  # every class equally often
     for scale in cfg_scales:
