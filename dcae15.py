@@ -1,31 +1,35 @@
 """
-dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss, a DiT and the
-diffusion objective with augmented diffusion training, plus checkpoint I/O for the official weights.
+dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss, a DiT, the
+diffusion objective with augmented diffusion training and its sampler, and the checkpoint formats.
 
 Papers:
-  DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion Models", arXiv 2410.10733
-  DC-AE 1.5  Chen et al., "DC-AE 1.5: Accelerating Diffusion Model Convergence with Structured Latent Space",
-             ICCV 2025, arXiv 2508.00413
+  DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion
+             Models", arXiv 2410.10733
+  DC-AE 1.5  Chen et al., "DC-AE 1.5: Accelerating Diffusion Model Convergence with Structured
+             Latent Space", ICCV 2025, arXiv 2508.00413
   DiT        Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv 2212.09748
   DDPM/DDIM  Ho et al., arXiv 2006.11239; Song et al., arXiv 2010.02502
 
 Map of this file (section -> paper):
-  1. Configs                        -> DC-AE 1.5 model zoo (f32c128 / f64c128), DC-AE Sec. 3
-  2. Autoencoder building blocks    -> DC-AE Sec. 3.2 "residual autoencoding" (space-to-channel shortcuts)
-  3. Encoder / Decoder / DCAE       -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs (partial latents)
-  4. Structured latent space        -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, sampling c'
-  5. Autoencoder loss               -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
-  6. DiT                            -> DiT Sec. 3 (adaLN-Zero blocks)
-  7. Diffusion objective + sampler  -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented Diffusion
-                                       Training", DDIM eq. 12, classifier-free guidance
-  8. Checkpoint I/O, official weights
+  1. Configs                       -> DC-AE 1.5 model zoo (f32c128 / f64c128), DC-AE Sec. 3
+  2. Autoencoder building blocks   -> DC-AE Sec. 3.2 "residual autoencoding" (space-to-channel)
+  3. Encoder / Decoder / DCAE      -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs
+  4. Structured latent space       -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, c'
+  5. Autoencoder loss              -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
+  6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
+  7. Diffusion objective + sampler -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented
+                                      Diffusion Training", DDIM eq. 12, classifier-free guidance
+  8. Checkpoints                   -> the files train_ae.py / train_dit.py write, official weights
 
-Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial compression.
-Module and parameter names follow the official DC-Gen code, so official state dicts load key for key.
+Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial
+compression. Module and parameter names follow the official DC-Gen code, so official state dicts
+load key for key.
 """
 
+import hashlib
 import math
 import os
+import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -34,15 +38,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# =====================================================================================================
+# ==================================================================================================
 # 1. Configs
-# =====================================================================================================
+# ==================================================================================================
 
 
 @dataclass
 class EncoderConfig:
-    width_list: tuple = (128, 256, 512, 512, 1024, 1024)  # channels of each stage (stage i at H / 2^i)
-    depth_list: tuple = (0, 5, 10, 4, 4, 4)  # ResBlocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
+    # channels of each stage (stage i at H / 2^i)
+    width_list: tuple = (128, 256, 512, 512, 1024, 1024)
+    # ResBlocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
+    depth_list: tuple = (0, 5, 10, 4, 4, 4)
     norm: str = "trms2d"  # channel RMSNorm with weight and bias (official name "trms2d")
     act: str = "silu"
 
@@ -60,21 +66,28 @@ class DecoderConfig:
 @dataclass
 class DCAEConfig:
     in_channels: int = 3
-    latent_channels: int = 128  # c in the paper
+    # c in the paper. The official code uses the same name for c' as an argument:
+    # encode(x, latent_channels=c') returns the first c' channels. Elsewhere in this project a c' is
+    # called c_prime.
+    latent_channels: int = 128
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    # Multiply latents by this before diffusion (about 1 / RMS of the latents); None = unknown, measure it.
+    # Multiply latents by this before diffusion (about 1 / RMS of the latents); None: measure it.
     scaling_factor: Optional[float] = None
 
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
-        enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("encoder").items()})
-        dec = DecoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("decoder").items()})
+        def tuples(part):  # lists (as a checkpoint may hold them) back to tuples
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in part.items()}
+
+        enc = EncoderConfig(**tuples(d.pop("encoder")))
+        dec = DecoderConfig(**tuples(d.pop("decoder")))
         return cls(encoder=enc, decoder=dec, **d)
 
     def to_dict(self):
-        return asdict(self)  # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
+        # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
+        return asdict(self)
 
 
 def _dcae_config(width_list, depth_list, latent_channels, scaling_factor=None):
@@ -87,9 +100,11 @@ DCAE_CONFIGS = {
     # The two official DC-AE 1.5 autoencoders (DC-Gen `dc_ae_f32_1_5` / `dc_ae_f64_1_5`).
     "dc-ae-f32c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024], [0, 5, 10, 4, 4, 4], 128),
     # 0.5935 is the factor the official code pairs with this AE for its USiT models.
-    "dc-ae-f64c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024, 1024], [0, 5, 10, 4, 4, 4, 4], 128, 0.5935),
-    # Classroom preset: 64x64 images -> 4x4x64 latents. Same regime as the paper (deep compression f16,
-    # many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an official model.
+    "dc-ae-f64c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024, 1024],
+                                      [0, 5, 10, 4, 4, 4, 4], 128, 0.5935),
+    # Classroom preset: 64x64 images -> 4x4x64 latents. Same regime as the paper (deep compression
+    # f16, many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an
+    # official model.
     "dc-ae-f16c64-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 64),
     # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
     "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
@@ -98,20 +113,22 @@ DCAE_CONFIGS = {
 
 def build_dcae_config(name):
     if name not in DCAE_CONFIGS:
-        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(DCAE_CONFIGS)}")
+        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of "
+                         f"{sorted(DCAE_CONFIGS)}")
     return DCAEConfig.from_dict(DCAE_CONFIGS[name].to_dict())  # a fresh copy the caller may edit
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 2. Autoencoder building blocks
-# =====================================================================================================
+# ==================================================================================================
 
 
 class RMSNorm2d(nn.Module):
     """Channel RMSNorm of (B, C, H, W): y = x / sqrt(mean_c(x^2) + eps) * weight + bias.
 
-    No mean subtraction (unlike LayerNorm). Computed in fp32 whatever the input dtype, as the official
-    Triton kernel does, because the mean of squares of large activations overflows or loses bits in bf16.
+    No mean subtraction (unlike LayerNorm). Computed in fp32 whatever the input dtype, as the
+    official Triton kernel does, because the mean of squares of large activations overflows or loses
+    bits in bf16.
     """
 
     def __init__(self, channels, eps=1e-5):
@@ -143,11 +160,12 @@ def build_act(name):
 
 
 class ConvLayer(nn.Module):
-    """conv -> optional norm -> optional act. Holds `conv` and `norm` as the official ConvLayer does."""
+    """conv -> optional norm -> optional act; `conv` and `norm` named as in the official code."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                              bias=bias)
         self.norm = build_norm(norm, out_channels)
         self.act = build_act(act)
 
@@ -161,19 +179,20 @@ class ConvLayer(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """The body of a residual block: norm(conv2(act(conv1(x)))); the `+ x` lives in ResidualBlock."""
+    """The body of a residual block: norm(conv2(act(conv1(x)))); `+ x` lives in ResidualBlock."""
 
     def __init__(self, channels, norm, act):
         super().__init__()
         self.conv1 = ConvLayer(channels, channels, 3, bias=True, act=act)
-        self.conv2 = ConvLayer(channels, channels, 3, bias=False, norm=norm)  # norm follows, so no bias
+        # norm follows, so no bias
+        self.conv2 = ConvLayer(channels, channels, 3, bias=False, norm=norm)
 
     def forward(self, x):
         return self.conv2(self.conv1(x))
 
 
 class ResidualBlock(nn.Module):
-    """main(x) + shortcut(x). The shortcut never has parameters (identity or a space/channel reshuffle)."""
+    """main(x) + shortcut(x); the shortcut has no parameters (identity, or a pixel shuffle)."""
 
     def __init__(self, main, shortcut):
         super().__init__()
@@ -185,7 +204,7 @@ class ResidualBlock(nn.Module):
 
 
 class OpSequential(nn.Module):
-    """nn.Sequential under the official name `op_list`, so state-dict keys read `...op_list.<j>...`."""
+    """nn.Sequential under the official name `op_list`: state-dict keys read `...op_list.<j>...`."""
 
     def __init__(self, ops):
         super().__init__()
@@ -198,7 +217,7 @@ class OpSequential(nn.Module):
 
 
 class ConvPixelUnshuffleDownsample(nn.Module):
-    """Learned 2x downsample: 3x3 conv to out/4 channels, then space-to-channel (pixel unshuffle)."""
+    """Learned 2x downsample: 3x3 conv to out/4 channels, then pixel-unshuffle."""
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
@@ -211,8 +230,9 @@ class ConvPixelUnshuffleDownsample(nn.Module):
 class ChannelAveragingDownsample(nn.Module):
     """DC-AE's non-parametric downsample shortcut ("residual autoencoding", DC-AE Sec. 3.2).
 
-    Space-to-channel turns (C, H, W) into (4C, H/2, W/2) losslessly; groups of g = 4C/out consecutive
-    channels are then averaged to reach `out`. The learned path only has to model the residual.
+    Space-to-channel turns (C, H, W) into (4C, H/2, W/2) losslessly; groups of g = 4C/out
+    consecutive channels are then averaged to reach `out`. The learned path only has to model the
+    residual.
     """
 
     def __init__(self, in_channels, out_channels):
@@ -239,7 +259,8 @@ class ConvPixelShuffleUpsample(nn.Module):
 class ChannelDuplicatingUpsample(nn.Module):
     """The decoder's non-parametric shortcut: repeat each channel r times, then channel-to-space.
 
-    With r = 4 this is nearest-neighbour 2x upsampling; with r = 2 each output pixel pair shares a channel.
+    With r = 4 this is nearest-neighbour 2x upsampling; with r = 2 each output pixel pair shares one
+    channel.
     """
 
     def __init__(self, in_channels, out_channels):
@@ -251,7 +272,7 @@ class ChannelDuplicatingUpsample(nn.Module):
 
 
 class AdaptiveOutputConv(nn.Module):
-    """The encoder's last conv (DC-AE 1.5 `AdaptiveOutputConvLayer`): it can emit only its first c' channels.
+    """The encoder's last conv (DC-AE 1.5 `AdaptiveOutputConvLayer`): it may emit its first c' only.
 
     Output channel k depends only on weight[k], so computing the first c' rows gives exactly
     encode(x)[:, :c'] at c'/c of the cost.
@@ -267,10 +288,10 @@ class AdaptiveOutputConv(nn.Module):
 
 
 class AdaptiveInputConv(nn.Module):
-    """The decoder's first conv (DC-AE 1.5 `AdaptiveInputConvLayer`): it accepts any c' <= c input channels.
+    """The decoder's first conv (DC-AE 1.5 `AdaptiveInputConvLayer`): it takes any c' <= c channels.
 
-    Using only the first c' input columns of the weight is exactly the full conv applied to the latent
-    zero-filled to c channels, i.e. to z * mask_{c,c'}. The bias is kept whole.
+    Using only the first c' input columns of the weight is exactly the full conv applied to the
+    latent zero-filled to c channels, i.e. to z * mask_{c,c'}. The bias is kept whole.
     """
 
     def __init__(self, in_channels, out_channels):
@@ -281,19 +302,22 @@ class AdaptiveInputConv(nn.Module):
         return F.conv2d(z, self.conv.weight[:, : z.shape[1]], self.conv.bias, padding=1)
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 3. Encoder / Decoder / DCAE
-# =====================================================================================================
+# ==================================================================================================
 
 
 def _check_lists(width_list, depth_list, who):
     if len(width_list) != len(depth_list) or len(width_list) < 2:
-        raise ValueError(f"{who}: width_list and depth_list need the same length >= 2, got {width_list}, {depth_list}")
+        raise ValueError(f"{who}: width_list and depth_list need the same length >= 2, got "
+                         f"{width_list}, {depth_list}")
     if any(d <= 0 for d in depth_list[1:]):
-        raise ValueError(f"{who}: every stage after the first needs depth >= 1 (a zero-depth stage would skip "
+        raise ValueError(f"{who}: every stage after the first needs depth >= 1 (a zero-depth stage "
+                         f"would skip "
                          f"its resampling), got depth_list={depth_list}")
     if any(w % 4 for w in width_list[1:]):
-        raise ValueError(f"{who}: widths must be multiples of 4 for the pixel (un)shuffle layers, got {width_list}")
+        raise ValueError(f"{who}: widths must be multiples of 4 for the pixel (un)shuffle layers, "
+                         f"got {width_list}")
 
 
 class Encoder(nn.Module):
@@ -302,14 +326,14 @@ class Encoder(nn.Module):
         e = cfg.encoder
         w, d = e.width_list, e.depth_list
         _check_lists(w, d, "encoder")
-        # Stem. With depth_list[0] == 0 (all DC-AE 1.5 models) stage 0 is skipped and the stem itself is a
-        # learned 2x downsample without shortcut: 3 channels have nothing to average.
+        # Stem. With depth_list[0] == 0 (all DC-AE 1.5 models) stage 0 is skipped and the stem
+        # itself is a learned 2x downsample without shortcut: 3 channels have nothing to average.
         if d[0] > 0:
             self.project_in = ConvLayer(cfg.in_channels, w[0], 3, bias=True)
         else:
             self.project_in = ConvPixelUnshuffleDownsample(cfg.in_channels, w[1])
-        # stages[i] works at width[i]. A depth-0 stage stays an empty OpSequential: it holds no keys but
-        # keeps the official stage indices (the f32 encoder's first keys are under stages.1).
+        # stages[i] works at width[i]. A depth-0 stage stays an empty OpSequential: it holds no keys
+        # but keeps the official stage indices (the f32 encoder's first keys are under stages.1).
         self.stages = nn.ModuleList()
         for i in range(len(w)):
             ops = [ResidualBlock(ResBlock(w[i], e.norm, e.act), nn.Identity()) for _ in range(d[i])]
@@ -317,7 +341,7 @@ class Encoder(nn.Module):
                 ops.append(ResidualBlock(ConvPixelUnshuffleDownsample(w[i], w[i + 1]),
                                          ChannelAveragingDownsample(w[i], w[i + 1])))
             self.stages.append(OpSequential(ops))
-        # DC-AE 1.5 drops 1.0's averaging shortcut here so that the conv can be truncated to c' outputs.
+        # DC-AE 1.5 drops 1.0's averaging shortcut here, so that the conv can be cut to c' outputs.
         self.project_out = OpSequential([AdaptiveOutputConv(w[-1], cfg.latent_channels)])
 
     def forward(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
@@ -334,20 +358,27 @@ class Decoder(nn.Module):
         dc = cfg.decoder
         w, d = dc.width_list, dc.depth_list
         _check_lists(w, d, "decoder")
-        self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])  # no shortcut in 1.5 (see Encoder)
+        # no shortcut in 1.5 (see Encoder)
+        self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])
         # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
         self.stages = nn.ModuleList()
         for i in range(len(w)):
             ops = []
-            if i < len(w) - 1 and d[i] > 0:  # stage i starts by upsampling from stage i+1's resolution
+            # stage i starts by upsampling from stage i+1's resolution
+            if i < len(w) - 1 and d[i] > 0:
                 ops.append(ResidualBlock(ConvPixelShuffleUpsample(w[i + 1], w[i]),
                                          ChannelDuplicatingUpsample(w[i + 1], w[i])))
-            ops += [ResidualBlock(ResBlock(w[i], dc.norm, dc.act), nn.Identity()) for _ in range(d[i])]
+            ops += [ResidualBlock(ResBlock(w[i], dc.norm, dc.act), nn.Identity())
+                    for _ in range(d[i])]
             self.stages.append(OpSequential(ops))
-        # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv. With
-        # depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder stem.
+        # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv.
+        # With depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder
+        # stem.
         c = w[0] if d[0] > 0 else w[1]
-        last = ConvLayer(c, cfg.in_channels, 3, bias=True) if d[0] > 0 else ConvPixelShuffleUpsample(c, cfg.in_channels)
+        if d[0] > 0:
+            last = ConvLayer(c, cfg.in_channels, 3, bias=True)
+        else:
+            last = ConvPixelShuffleUpsample(c, cfg.in_channels)
         self.project_out = OpSequential([build_norm(dc.out_norm, c), build_act(dc.out_act), last])
 
     def forward(self, z):  # (B, c', h, w) -> (B, 3, H, W)
@@ -360,14 +391,15 @@ class Decoder(nn.Module):
 class DCAE(nn.Module):
     """Deep Compression Autoencoder with the DC-AE 1.5 adaptive (partial-channel) latent.
 
-    encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and treats the
-    missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
+    encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and
+    treats the missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
     """
 
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
         self.cfg = cfg
-        # the only two children, so state-dict keys start with "encoder." / "decoder." as in the official files
+        # the only two children, so state-dict keys start with "encoder." / "decoder." as in the
+        # official files
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
@@ -377,17 +409,19 @@ class DCAE(nn.Module):
 
     @property
     def spatial_compression_ratio(self):
-        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then one at the
-        # end of every stage but the last. f32 has 6 stages, f64 has 7.
+        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then
+        # one at the end of every stage but the last. f32 has 6 stages, f64 has 7.
         return 2 ** (len(self.cfg.encoder.width_list) - 1)
 
     def check_images(self, x):
         f = self.spatial_compression_ratio
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
-            raise ValueError(f"expected images of shape (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
         if x.shape[2] % f or x.shape[3] % f:
-            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the spatial compression "
-                             f"{f} of this autoencoder; resize or crop to a multiple of {f}")
+            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the "
+                             f"spatial compression {f} of this autoencoder; resize or crop to a "
+                             f"multiple of {f}")
 
     def check_latent_channels(self, c_prime):
         c = self.cfg.latent_channels
@@ -401,35 +435,39 @@ class DCAE(nn.Module):
 
     def decode(self, z):  # (B, c', h, w) -> (B, 3, h*f, w*f)
         if z.dim() != 4 or not (1 <= z.shape[1] <= self.cfg.latent_channels):
-            raise ValueError(f"expected a latent of shape (B, c', h, w) with 1 <= c' <= {self.cfg.latent_channels}, "
-                             f"got {tuple(z.shape)}")
+            raise ValueError(f"expected a latent of shape (B, c', h, w) with 1 <= c' <= "
+                             f"{self.cfg.latent_channels}, got {tuple(z.shape)}")
         return self.decoder(z)
 
     def forward(self, x, latent_channels=None):
         """Reconstruct x from its first c' latent channels: D(E(x) * mask_{c,c'}).
 
-        `latent_channels` may be None (all), an int (one c' for the batch: the encoder computes only c'
-        channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns (x_rec, z).
+        `latent_channels` may be None (all), an int (one c' for the batch: the encoder computes only
+        c' channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns
+        (x_rec, z).
         """
         if isinstance(latent_channels, torch.Tensor):
             z = self.encode(x)  # (B, c, h, w)
-            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)  # zero channels >= c'_i
+            # zero channels >= c'_i
+            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)
         else:
-            z = self.encode(x, latent_channels)  # (B, c', h, w): the truncated latent, same function, cheaper
+            # (B, c', h, w): the truncated latent, same function, cheaper
+            z = self.encode(x, latent_channels)
         return self.decode(z), z
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 4. Structured latent space (DC-AE 1.5, Sec. 3)
-# =====================================================================================================
+# ==================================================================================================
 
 
 def channel_mask(latent_channels, c_prime, device=None):
     """mask_{c,c'} = (1 x c', 0 x (c - c')), shaped to broadcast over (B, C, H, W).
 
-    DC-AE 1.5: "we randomly sample c' channels ... and reconstruct from z * mask_{c,c'}", so the front
-    channels must carry the object structure on their own and later channels add detail.
-    c_prime: an int -> mask of shape (1, C, 1, 1); a (B,) tensor -> one mask per sample, (B, C, 1, 1).
+    DC-AE 1.5: "we randomly sample c' channels ... and reconstruct from z * mask_{c,c'}", so the
+    front channels must carry the object structure on their own and later channels add detail.
+    c_prime: an int -> mask of shape (1, C, 1, 1); a (B,) tensor -> one mask per sample, (B, C, 1,
+    1).
     """
     c = latent_channels
     if isinstance(c_prime, torch.Tensor):  # per-sample c': one row of the mask per sample
@@ -448,8 +486,8 @@ def channel_mask(latent_channels, c_prime, device=None):
 def default_channel_choices(latent_channels):
     """Candidate values of c': multiples of c/8 up to c (16, 32, ..., 128 for c = 128).
 
-    NOTE: a guess. The official list is unreleased; the official checkpoints of the paper's Figure 3 exist
-    for c' in {16, 32, ..., 112, 128}, which suggests this list.
+    NOTE: a guess. The official list is unreleased; the official checkpoints of the paper's Figure 3
+    exist for c' in {16, 32, ..., 112, 128}, which suggests this list.
     """
     return sorted({max(1, round(latent_channels * k / 8)) for k in range(1, 9)})
 
@@ -457,28 +495,31 @@ def default_channel_choices(latent_channels):
 def check_channel_choices(choices, latent_channels):
     choices = [int(c) for c in choices]
     if not choices or any(not (1 <= c <= latent_channels) for c in choices):
-        raise ValueError(f"channel choices must be a non-empty list of values in [1, {latent_channels}], got {choices}")
+        raise ValueError(f"channel choices must be a non-empty list of values in "
+                         f"[1, {latent_channels}], got {choices}")
     return sorted(set(choices))
 
 
 def sample_latent_channels(choices, batch_size=None, generator=None, device=None):
     """Draw c' uniformly (with replacement) from `choices`.
 
-    batch_size=None gives one int for the whole batch, as the official trainer does (every sample of a
-    rank shares c'); an int gives a (batch_size,) tensor, one c' per sample.
-    NOTE: one-per-batch vs per-sample is the official AE trainer's option; which the paper used is unknown.
+    batch_size=None gives one int for the whole batch, as the official trainer does (every sample of
+    a rank shares c'); an int gives a (batch_size,) tensor, one c' per sample. NOTE: one-per-batch
+    vs per-sample is the official AE trainer's option; which the paper used is unknown.
     """
-    # Draw on the generator's device so that a seeded CPU generator gives the same c' on every machine.
-    idx = torch.randint(len(choices), (1 if batch_size is None else batch_size,), generator=generator,
+    # Draw on the generator's device so that a seeded CPU generator gives the same c' on every
+    # machine.
+    n = 1 if batch_size is None else batch_size
+    idx = torch.randint(len(choices), (n,), generator=generator,
                         device=generator.device if generator is not None else "cpu")
     values = torch.tensor(choices, device=idx.device)[idx]
     # An int for the whole batch lets the encoder compute only c' channels (cheaper than masking).
     return int(values[0]) if batch_size is None else values.to(device or values.device)
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge)
-# =====================================================================================================
+# ==================================================================================================
 
 VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads for VGG16
 
@@ -486,9 +527,10 @@ VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads f
 def build_lpips(mode="auto"):
     """The frozen VGG-LPIPS network, or None.
 
-    mode 'off': None. 'on': LPIPS or FileNotFoundError. 'auto': LPIPS if the VGG16 weights are in the torch hub
-    cache or can be downloaded, else None after one warning. The returned net is in eval mode (its
-    dropout off) with requires_grad False, and must not be registered as a submodule of a trained model.
+    mode 'off': None. 'on': LPIPS or FileNotFoundError. 'auto': LPIPS if the VGG16 weights are in
+    the torch hub cache or can be downloaded, else None after one warning. The returned net is in
+    eval mode (its dropout off) with requires_grad False, and must not be registered as a submodule
+    of a trained model.
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"perceptual mode must be 'auto', 'on' or 'off', got {mode!r}")
@@ -499,15 +541,17 @@ def build_lpips(mode="auto"):
     path = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" noise inside lpips
+            warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" (lpips)
             net = lpips.LPIPS(net="vgg", verbose=False)
     except OSError as err:  # URLError is an OSError: offline and not cached
-        msg = (f"LPIPS needs the VGG16 ImageNet weights, which are not at {path} and could not be downloaded "
-               f"({err}). Copy {VGG16_FILE} (from https://download.pytorch.org/models/{VGG16_FILE}) to "
+        msg = (f"LPIPS needs the VGG16 ImageNet weights, which are not at {path} and could not be "
+               f"downloaded ({err}). Copy {VGG16_FILE} "
+               f"(from https://download.pytorch.org/models/{VGG16_FILE}) to "
                f"{os.path.dirname(path)}/ (set TORCH_HOME to use another cache)")
         if mode == "on":
             raise FileNotFoundError(msg) from err
-        warnings.warn(msg + "; training continues WITHOUT the perceptual loss (--perceptual off silences this)")
+        warnings.warn(msg + "; training continues WITHOUT the perceptual loss "
+                            "(--perceptual off silences this)")
         return None
     return freeze(net)
 
@@ -521,8 +565,9 @@ def freeze(net):
 class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator (pix2pix / taming layout): one real/fake logit per overlapping patch.
 
-    NOTE: the DC-AE discriminator is unreleased. This is the common VQGAN-style choice, with GroupNorm
-    in place of BatchNorm so that results do not depend on the per-GPU batch size or on DDP ranks.
+    NOTE: the DC-AE discriminator is unreleased. This is the common VQGAN-style choice, with
+    GroupNorm in place of BatchNorm so that results do not depend on the per-GPU batch size or on
+    DDP ranks.
     """
 
     def __init__(self, in_channels=3, width=64, n_layers=3):
@@ -548,29 +593,34 @@ class PatchDiscriminator(nn.Module):
 class AutoencoderLoss:
     """l(x, D(z * mask)) = w_l1 * L1 + w_lpips * LPIPS + [step >= gan_start] * w_gan * GAN.
 
-    A plain object, not an nn.Module: the discriminator (trained by its own optimizer) and the frozen
-    LPIPS network live here so that neither is ever a submodule of the autoencoder.
-    NOTE: the official weights and GAN schedule are unreleased (DC-AE trains phase 1-2 with L1 + LPIPS and
-    adds the GAN in phase 3). Defaults here are ours; the GAN weight is fixed (no VQGAN adaptive weight).
+    A plain object, not an nn.Module: the discriminator (trained by its own optimizer) and the
+    frozen LPIPS network live here so that neither is ever a submodule of the autoencoder. NOTE: the
+    official weights and GAN schedule are unreleased (DC-AE trains phase 1-2 with L1 + LPIPS and
+    adds the GAN in phase 3). Defaults here are ours; the GAN weight is fixed (no VQGAN adaptive
+    weight).
     """
 
     def __init__(self, discriminator=None, perceptual=None, l1_weight=1.0, lpips_weight=1.0,
                  gan_weight=0.1, gan_start=0):
         self.discriminator = discriminator
         self.perceptual = perceptual
-        self.l1_weight, self.lpips_weight, self.gan_weight, self.gan_start = l1_weight, lpips_weight, gan_weight, gan_start
+        self.l1_weight = l1_weight
+        self.lpips_weight = lpips_weight
+        self.gan_weight = gan_weight
+        self.gan_start = gan_start
 
     def gan_active(self, step):
         return self.discriminator is not None and self.gan_weight > 0 and step >= self.gan_start
 
     def generator_loss(self, x, x_rec, step):
-        """Loss for the autoencoder and a dict of its detached terms. x, x_rec: (B, 3, H, W) in [-1, 1]."""
+        """The AE's loss and a dict of its detached terms. x, x_rec: (B, 3, H, W) in [-1, 1]."""
         terms = {"l1": (x_rec - x).abs().mean()}
         if self.perceptual is not None:  # LPIPS expects [-1, 1], which is our image range
             terms["lpips"] = self.perceptual(x_rec.float(), x.float()).mean()
         if self.gan_active(step):
             terms["gan"] = -self.discriminator(x_rec).float().mean()  # hinge generator loss
-        # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit #143).
+        # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit
+        # #143).
         weights = {"l1": self.l1_weight, "lpips": self.lpips_weight, "gan": self.gan_weight}
         loss = sum(weights[k] * v for k, v in terms.items())
         return loss, {k: v.detach() for k, v in terms.items()}
@@ -581,15 +631,15 @@ class AutoencoderLoss:
         `discriminator` overrides self.discriminator, e.g. with its DistributedDataParallel wrapper.
         """
         disc = discriminator if discriminator is not None else self.discriminator
-        # One pass over real and fake together (GroupNorm is per sample, so this equals two passes, and DDP
-        # sees one forward per backward). detach: this loss trains the discriminator only.
+        # One pass over real and fake together (GroupNorm is per sample, so this equals two passes,
+        # and DDP sees one forward per backward). detach: this loss trains the discriminator only.
         logits_real, logits_fake = disc(torch.cat([x, x_rec]).detach()).float().chunk(2)
         return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 6. DiT (Peebles & Xie) with adaLN-Zero
-# =====================================================================================================
+# ==================================================================================================
 
 
 @dataclass
@@ -602,7 +652,8 @@ class DiTConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_classes: int = 1000
-    class_dropout_prob: float = 0.1  # labels replaced by the null class for classifier-free guidance
+    # labels replaced by the null class for classifier-free guidance
+    class_dropout_prob: float = 0.1
 
     @classmethod
     def from_dict(cls, d):
@@ -634,10 +685,12 @@ def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
 
 
 def timestep_embedding(t, dim, max_period=10000):
-    """GLIDE sinusoidal embedding [cos | sin] of (possibly fractional) timesteps t: (B,) -> (B, dim)."""
+    """GLIDE sinusoidal embedding [cos | sin] of (fractional) timesteps t: (B,) -> (B, dim)."""
     half = dim // 2
-    # geometric frequencies from 1 down to 1/max_period, so both slow and fast changes in t are visible
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    # geometric frequencies from 1 down to 1/max_period, so both slow and fast changes in t are
+    # visible
+    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * k / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -646,14 +699,15 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size, frequency_size=256):
         super().__init__()
         self.frequency_size = frequency_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t):  # (B,) -> (B, D)
         return self.mlp(timestep_embedding(t, self.frequency_size))
 
 
 class LabelEmbedder(nn.Module):
-    """Class embedding with one extra row, index num_classes, for the null label of classifier-free guidance."""
+    """Class embedding with one extra row, index num_classes: the null label for guidance."""
 
     def __init__(self, num_classes, hidden_size, dropout_prob):
         super().__init__()
@@ -661,7 +715,8 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
     def forward(self, y):  # (B,) -> (B, D)
-        if self.training and self.dropout_prob > 0:  # label dropout: learn the unconditional model too
+        # label dropout: learn the unconditional model too
+        if self.training and self.dropout_prob > 0:
             drop = torch.rand(y.shape, device=y.device) < self.dropout_prob
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return self.embedding_table(y)
@@ -677,13 +732,14 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
         # (B, N, 3D) -> 3 x (B, heads, N, D/heads)
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads); flash kernel on GPU
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class DiTBlock(nn.Module):
-    """Transformer block whose LayerNorms are modulated by the condition (adaLN), with zero-init gates."""
+    """Transformer block; its LayerNorms are modulated by the condition (adaLN), zero-init gates."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio):
         super().__init__()
@@ -691,12 +747,14 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         hidden = int(hidden_size * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden_size))
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, hidden_size))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x, c):  # x: (B, N, D), c: (B, D)
         # the condition regresses a shift, scale and gate for each of the two sub-layers
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        modulation = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
@@ -715,7 +773,7 @@ class FinalLayer(nn.Module):
 
 
 def sincos_pos_embed_2d(dim, grid_size):
-    """Fixed 2D sin-cos positions, (grid_size^2, dim): half the dims encode the row, half the column."""
+    """Fixed 2D sin-cos positions, (grid_size^2, dim): half the dims for rows, half for columns."""
     pos = torch.arange(grid_size, dtype=torch.float64)
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
     rows, cols = torch.meshgrid(pos, pos, indexing="ij")
@@ -728,17 +786,18 @@ def sincos_pos_embed_2d(dim, grid_size):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT predicting the noise eps of a latent x_t. Works for any number of channels.
+    """Class-conditional DiT predicting the noise eps of a latent x_t; any number of channels.
 
-    NOTE: we predict eps only (no learned variance, learn_sigma=False): the DDIM sampler does not need it.
-    The official DiT-XL baseline learns sigma with a variational bound term.
+    NOTE: we predict eps only (no learned variance, learn_sigma=False): the DDIM sampler does not
+    need it. The official DiT-XL baseline learns sigma with a variational bound term.
     """
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        if cfg.input_size % cfg.patch_size or cfg.hidden_size % cfg.num_heads or cfg.hidden_size % 4:
-            raise ValueError(f"input_size must be divisible by patch_size, and hidden_size by num_heads and by 4 "
-                             f"(for the 2D sin-cos positions); got {cfg}")
+        D = cfg.hidden_size
+        if cfg.input_size % cfg.patch_size or D % cfg.num_heads or D % 4:
+            raise ValueError(f"input_size must be divisible by patch_size, and hidden_size by "
+                             f"num_heads and by 4 (for the 2D sin-cos positions); got {cfg}")
         self.cfg = cfg
         p, D = cfg.patch_size, cfg.hidden_size
         self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
@@ -747,7 +806,8 @@ class DiT(nn.Module):
         grid = cfg.input_size // p
         # Fixed, not learned, and not saved: it is a function of the config, rebuilt on load.
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
-        self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        blocks = [DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
+        self.blocks = nn.ModuleList(blocks)
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
 
@@ -779,37 +839,42 @@ class DiT(nn.Module):
     def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps: (B, C, H, W)
         # patchify: a p x p conv with stride p turns each patch into one token; N = (H/p) * (W/p)
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
-        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D): the condition every block is modulated by
+        # (B, D): the condition every block is modulated by
+        c = self.t_embedder(t) + self.y_embedder(y)
         for block in self.blocks:
             x = block(x, c)
         return self.unpatchify(self.final_layer(x, c))
 
     def forward_with_cfg(self, x, t, y, cfg_scale):
-        """Classifier-free guidance over all latent channels: eps_u + s * (eps_c - eps_u), one batched pass."""
+        """Classifier-free guidance over all latent channels: u + s (c - u), in one batched pass."""
         null = torch.full_like(y, self.cfg.num_classes)  # the extra label-table row
-        # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code guides all.
-        eps_cond, eps_uncond = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code
+        # guides all.
+        both = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        eps_cond, eps_uncond = both.chunk(2)
         return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
 
 
-# =====================================================================================================
+# ==================================================================================================
 # 7. Diffusion objective with augmented diffusion training, and the DDIM sampler
-# =====================================================================================================
+# ==================================================================================================
 
 
 class GaussianDiffusion:
-    """DDPM forward process x_t = alpha_t x_0 + sigma_t eps, linear betas 1e-4 .. 0.02 over 1000 steps.
+    """DDPM forward process x_t = alpha_t x_0 + sigma_t eps, linear betas 1e-4 .. 0.02, 1000 steps.
 
-    alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), as in DiT / the official GaussianDiffusion.
+    alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), as in DiT / the official
+    GaussianDiffusion.
     """
 
     def __init__(self, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
         self.num_timesteps = num_timesteps
         # float64: 1 - alphabar near t = 0 is ~1e-4 and the cumulative product loses digits in fp32
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # stays on the CPU; indexed, then cast
+        # stays on the CPU; indexed, then cast
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
 
-    def alpha_sigma(self, t, ndim=4):  # t: (B,) long -> alpha_t, sigma_t broadcastable to (B, C, H, W)
+    def alpha_sigma(self, t, ndim=4):  # t: (B,) long -> alpha_t, sigma_t, broadcastable to x
         abar = self.alphas_cumprod.to(t.device)[t].float().view(-1, *([1] * (ndim - 1)))
         return abar.sqrt(), (1 - abar).sqrt()
 
@@ -818,12 +883,12 @@ class GaussianDiffusion:
         return alpha * x0 + sigma * noise
 
     def diffusion_loss(self, model, x0, y, mask=None, generator=None):
-        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2, averaged over the kept elements only; (B,) losses.
+        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,) losses.
 
-        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`, one row or one per
-        sample) gives the DC-AE 1.5 augmented objective. Normalising by c' * H * W (not C * H * W) matches
-        the official code, which runs the model on the first c' channels and takes a plain mean.
-        The model is not told c'.
+        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`, one row or one
+        per sample) gives the DC-AE 1.5 augmented objective. Normalising by c' * H * W (not C * H *
+        W) matches the official code, which runs the model on the first c' channels and takes a
+        plain mean. The model is not told c'.
         """
         B = x0.shape[0]
         # every sample draws its own t ~ U{0..T-1} and noise
@@ -831,20 +896,22 @@ class GaussianDiffusion:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if mask is None:
             mask = torch.ones_like(x0[:1, :, :1, :1])
-        # Masking after noising equals noising the masked latent: the masked channels of x_t are exactly 0,
-        # the same input the official code gives its patch embedding when it slices the conv to c' channels.
+        # Masking after noising equals noising the masked latent: the masked channels of x_t are
+        # exactly 0, the input the official code gives its patch embedding when it slices the conv
+        # to c' channels.
         x_t = self.q_sample(x0, t, noise) * mask
         eps_pred = model(x_t, t, y)
-        sq_err = ((noise - eps_pred.float()) * mask).pow(2)  # the loss is taken in fp32 under autocast
+        # the loss is taken in fp32 under autocast
+        sq_err = ((noise - eps_pred.float()) * mask).pow(2)
         kept = mask.expand_as(x0).sum(dim=(1, 2, 3))  # c' * H * W per sample
         return sq_err.sum(dim=(1, 2, 3)) / kept
 
     def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
         """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
 
-        With w = 1 this is the official trainer's mean over a full-channel pass and a c' pass of the same
-        latents, each with its own t and noise. Both passes run as one batch of 2B (one forward, as DDP
-        wants). c_prime=None (or w = 0) gives the plain objective, the baseline.
+        With w = 1 this is the official trainer's mean over a full-channel pass and a c' pass of the
+        same latents, each with its own t and noise. Both passes run as one batch of 2B (one
+        forward, as DDP wants). c_prime=None (or w = 0) gives the plain objective, the baseline.
         Returns (loss, {"loss_full", "loss_masked"}).
         """
         if c_prime is None or aug_weight == 0:
@@ -853,39 +920,48 @@ class GaussianDiffusion:
         B, C = x0.shape[:2]
         mask = torch.cat([torch.ones(B, C, 1, 1, device=x0.device),
                           channel_mask(C, c_prime, device=x0.device).expand(B, -1, -1, -1)])
-        losses = self.diffusion_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask=mask, generator=generator)
+        losses = self.diffusion_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask=mask,
+                                     generator=generator)
         loss_full, loss_masked = losses[:B].mean(), losses[B:].mean()
         loss = (loss_full + aug_weight * loss_masked) / (1 + aug_weight)
         return loss, {"loss_full": loss_full.detach(), "loss_masked": loss_masked.detach()}
 
     @torch.no_grad()
-    def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None, latent_channels=None):
-        """DDIM (Song et al. eq. 12) from pure noise to x_0. eta=0 is deterministic, eta=1 ancestral (DDPM-like).
+    def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None,
+                    latent_channels=None):
+        """DDIM (Song et al. eq. 12) from pure noise to x_0: eta=0 deterministic, eta=1 ancestral.
 
-        cfg_scale != 1 applies classifier-free guidance over all channels. latent_channels=c' generates only
-        the first c' channels (the rest stay exactly 0), to show what the object channels alone encode.
-        Returns latents of `shape` in the diffusion model's (scaled) latent space.
+        cfg_scale != 1 applies classifier-free guidance over all channels. latent_channels=c'
+        generates only the first c' channels (the rest stay exactly 0), to show what the object
+        channels alone encode. Returns latents of `shape` in the diffusion model's (scaled) space.
         """
         B, C = shape[0], shape[1]
         device = y.device
         if not (1 <= steps <= self.num_timesteps):
             raise ValueError(f"steps must be in [1, {self.num_timesteps}], got {steps}")
-        # With c' < C the masked channels start at 0 and stay 0: the model sees exactly the inputs it was
-        # trained on by the augmented objective, and the decoder zero-fills the rest anyway.
+        # With c' < C the masked channels start at 0 and stay 0: the model sees exactly the inputs
+        # it was trained on by the augmented objective, and the decoder zero-fills the rest anyway.
         mask = channel_mask(C, latent_channels if latent_channels is not None else C, device=device)
         x = torch.randn(shape, generator=generator, device=device) * mask
         # `steps` timesteps evenly spread over [T-1, 0], from pure noise down to (almost) clean
-        ts = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        ts = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64)
+        ts = ts.round().long().tolist()
         abar = self.alphas_cumprod
         for i, t in enumerate(ts):
             t_batch = torch.full((B,), t, device=device, dtype=torch.long)
-            eps = model.forward_with_cfg(x, t_batch, y, cfg_scale) if cfg_scale != 1.0 else model(x, t_batch, y)
+            if cfg_scale != 1.0:
+                eps = model.forward_with_cfg(x, t_batch, y, cfg_scale)
+            else:
+                eps = model(x, t_batch, y)
             eps = eps.float() * mask
             a_t = abar[t].item()
-            a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0  # the last step lands on x_0
-            # predicted clean latent; not clipped, since latents have no fixed range (official: clip_denoised=False)
+            # the last step lands on x_0
+            a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+            # predicted clean latent; not clipped, since latents have no fixed range (official:
+            # clip_denoised=False)
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            # DDIM eq. 16: eta interpolates between the deterministic ODE path (0) and DDPM's posterior noise (1)
+            # DDIM eq. 16: eta interpolates between the deterministic ODE path (0) and DDPM's
+            # posterior noise (1)
             sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
             x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
             if sigma > 0:
@@ -893,16 +969,44 @@ class GaussianDiffusion:
         return x
 
 
-# =====================================================================================================
-# 8. Checkpoint I/O and official weights
-# =====================================================================================================
+@torch.no_grad()
+def generate(model, ae, latent_scale, y, generator, steps=50, eta=0.0, cfg_scale=1.0,
+             latent_channels=None):
+    """Class-conditional images for labels y: sample latents, unscale them, decode.
+
+    Returns (B, 3, H, W) images in about [-1, 1], unclamped (common.to_uint8 clamps). The DiT runs
+    under bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py,
+    train_dit.py's sample grids and evaluate.py all call this, so they make the same images from the
+    same generator.
+    """
+    cfg = model.cfg
+    shape = (len(y), cfg.in_channels, cfg.input_size, cfg.input_size)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=y.device.type == "cuda"):
+        z = GaussianDiffusion().ddim_sample(model, shape, y, steps=steps, eta=eta,
+                                            cfg_scale=cfg_scale, generator=generator,
+                                            latent_channels=latent_channels)
+    if latent_channels is not None:  # the rest is 0; the adaptive input conv zero-fills it anyway
+        z = z[:, :latent_channels]
+    return ae.decode(z.float() / latent_scale)
+
+
+# ==================================================================================================
+# 8. Checkpoints: what train_ae.py and train_dit.py write, and the official weights
+# ==================================================================================================
+#
+# Our checkpoints are plain dicts of tensors and plain values (loadable with weights_only=True),
+# told apart by their "kind". `ae_checkpoint` / `dit_checkpoint` build them; `load_autoencoder` and
+# `load_dit` read them (and official DC-AE files) for the scripts.
+
+AE_KIND = "dcae15-ae"  # train_ae.py
+DIT_KIND = "dcae15-dit"  # train_dit.py
 
 
 def save_checkpoint(obj, path):
     """torch.save atomically: write a temp file in the same folder, then rename over `path`.
 
-    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that it
-    loads with weights_only=True; a crash mid-write leaves the previous file intact.
+    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
+    it loads with weights_only=True; a crash mid-write leaves the previous file intact.
     """
     tmp = f"{path}.tmp{os.getpid()}"  # same folder, so os.replace is an atomic rename, not a copy
     try:
@@ -914,10 +1018,62 @@ def save_checkpoint(obj, path):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint safely (weights_only=True: no pickled code runs) onto the CPU."""
+    """Load a checkpoint safely (weights_only=True: no pickled code runs) onto the CPU.
+
+    A missing, truncated or corrupt file, or one that needs unpickling, raises an error of one line
+    that names the file.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load's errors for a short, corrupt or foreign file vary
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            raise ValueError(f"{path} holds pickled Python objects, which loading with "
+                             f"weights_only=True refuses to run; it was not written by this "
+                             f"project") from None
+        reason = str(err) or type(err).__name__
+    raise ValueError(f"{path} cannot be read (truncated or corrupt?): {reason.splitlines()[0]}")
+
+
+def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_choices, val_psnr,
+                  disc=None, opt_disc=None):
+    """The checkpoint train_ae.py writes: all it takes to resume exactly, and the EMA weights."""
+    return {
+        "kind": AE_KIND,
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),  # what every reader of an AE checkpoint loads
+        "disc": disc.state_dict() if disc is not None else None,
+        "opt": opt.state_dict(),
+        "opt_disc": opt_disc.state_dict() if opt_disc is not None else None,
+        "step": step,
+        "args": vars(args),  # the flags of the run; --resume checks them
+        "latent_scale": latent_scale,  # 1 / RMS of the EMA latents on validation images
+        "channel_choices": channel_choices,
+        "val_psnr": {str(c): v for c, v in val_psnr.items()},
+        "rng": rng,  # every rank's RNG states (common.gather_rng_states)
+    }
+
+
+def dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale, num_classes,
+                   aug_channel_choices, class_names=None):
+    """The checkpoint train_dit.py writes; `ae_info` (from load_autoencoder) names its AE."""
+    return {
+        "kind": DIT_KIND,
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),  # what sample.py and evaluate.py load
+        "opt": opt.state_dict(),
+        "step": step,
+        "args": vars(args),
+        "ae": ae_info,
+        "latent_scale": latent_scale,
+        "num_classes": num_classes,
+        "aug_channel_choices": aug_channel_choices,
+        "class_names": class_names,
+        "rng": rng,
+    }
 
 
 def check_state_dict(model, state_dict, max_listed=5):
@@ -926,9 +1082,11 @@ def check_state_dict(model, state_dict, max_listed=5):
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+              for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
     problems = []
-    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches", shapes)):
         if items:
             more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
             problems.append(f"{len(items)} {what}: {items[:max_listed]}{more}")
@@ -937,16 +1095,21 @@ def check_state_dict(model, state_dict, max_listed=5):
 
 
 def read_state_dict(path):
-    """Read the tensors of an official DC-AE file: .safetensors, or .pt/.pth holding {"state_dict": ...} or a state dict."""
+    """The tensors of a weights file: .safetensors, or .pt/.pth holding {"state_dict": ...}, a state
+    dict, or one of our checkpoints (returned whole)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"autoencoder weights not found: {path}")
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
         except ImportError as err:
-            raise ImportError(f"reading {path} needs the optional package safetensors: pip install safetensors") from err
-        return load_file(path, device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+            raise ImportError(f"reading {path} needs the optional package safetensors: "
+                              f"pip install safetensors") from err
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # safetensors' own error type for a bad header or a short file
+            raise ValueError(f"{path} cannot be read (truncated or corrupt?): {err}") from None
+    sd = load_checkpoint(path)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -955,21 +1118,97 @@ def read_state_dict(path):
 
 
 def autoencoder_state_dict(state_dict):
-    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder.", with the prefixes
-    that DDP ("module.") and torch.compile ("_orig_mod.") add removed. Other entries (a discriminator,
-    training state) are dropped, as the official loader does."""
+    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder.", with the
+    prefixes that DDP ("module.") and torch.compile ("_orig_mod.") add removed. Other entries (a
+    discriminator, training state) are dropped, as the official loader does."""
     sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     return {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
 
 
-def load_official_dcae(path, name):
-    """Build the preset `name` and load official weights into it strictly. Returns (ae, scaling_factor).
+def fingerprint(state_dict):
+    """A short hash of a state dict's names and values: identifies an AE (cache key, DiT pair)."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
 
-    Only keys under "encoder." and "decoder." are read (as the official loader does: a training file may
-    also hold a discriminator); any missing, unexpected or mis-shaped AE key is an error, never ignored.
-    Weights: the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5 (model.safetensors).
-    scaling_factor is None when the official code does not give one (f32c128-1.5): measure it with
-    `measure_latent_scale`.
+
+def read_autoencoder(path, ae_config=None):
+    """What an autoencoder file holds: (config, state dict, stored latent scale or None, source).
+
+    `path` is a train_ae.py checkpoint (its EMA weights and config; source "dcae15") or an official
+    DC-AE file (.safetensors / .pt) whose preset `ae_config` names (source "official").
+    """
+    raw = read_state_dict(path)
+    kind = raw.get("kind")
+    if kind == AE_KIND:
+        return DCAEConfig.from_dict(raw["config"]), raw["ema"], raw.get("latent_scale"), "dcae15"
+    if kind is not None:
+        raise ValueError(f"{path} is a {kind} checkpoint, not an autoencoder: pass a train_ae.py "
+                         f"checkpoint or an official DC-AE file")
+    if ae_config is None:
+        raise ValueError(f"{path} is not a train_ae.py checkpoint; for an official DC-AE file also "
+                         f"pass its preset with --ae-config (one of {sorted(DCAE_CONFIGS)})")
+    cfg = build_dcae_config(ae_config)
+    return cfg, autoencoder_state_dict(raw), cfg.scaling_factor, "official"
+
+
+def load_autoencoder(path, ae_config=None, latent_scale=None):
+    """The autoencoder a diffusion model works in: (ae in eval mode, latent_scale, info).
+
+    `path` as in `read_autoencoder`. `latent_scale` overrides the stored factor; it is required when
+    none is known. `info` is a plain dict that is enough to find and rebuild the AE again (it goes
+    into DiT checkpoints).
+    """
+    cfg, sd, stored_scale, source = read_autoencoder(path, ae_config)
+    scale = latent_scale if latent_scale is not None else stored_scale
+    if scale is None:
+        raise ValueError(f"no latent scaling factor is known for {path}: pass --latent-scale S "
+                         f"(1 / RMS of its latents; dcae15.measure_latent_scale computes it)")
+    ae = DCAE(cfg)
+    check_state_dict(ae, sd)
+    ae.load_state_dict(sd, strict=True)
+    info = {"path": path, "source": source, "ae_config": ae_config, "config": cfg.to_dict(),
+            "fingerprint": fingerprint(sd), "latent_scale": float(scale)}
+    return ae.eval().requires_grad_(False), float(scale), info
+
+
+def load_dit(path, ae_path=None):
+    """A train_dit.py checkpoint, ready to sample: (EMA DiT in eval mode, its AE, the checkpoint).
+
+    The autoencoder is the one the checkpoint names, or `ae_path` if it has moved; a different AE
+    (another fingerprint) is loaded with a warning, since its latents do not match the DiT's.
+    """
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    if kind != DIT_KIND:
+        what = "not a DiT checkpoint"
+        if kind == AE_KIND:
+            what = "an autoencoder checkpoint (train_ae.py)"
+        raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
+    model = DiT(DiTConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["ema"], strict=True)
+    info = ckpt["ae"]
+    ae_path = ae_path or info["path"]
+    if not os.path.isfile(ae_path):
+        raise FileNotFoundError(f"the autoencoder this DiT was trained with, {ae_path}, is "
+                                f"missing; pass its new location with --ae-ckpt")
+    ae, _, new_info = load_autoencoder(ae_path, info["ae_config"], ckpt["latent_scale"])
+    if new_info["fingerprint"] != info["fingerprint"]:
+        warnings.warn(f"{ae_path} is not the autoencoder this DiT was trained with (its weights "
+                      f"differ); the samples will not decode correctly")
+    return model.eval().requires_grad_(False), ae, ckpt
+
+
+def load_official_dcae(path, name):
+    """Build the preset `name` and load official weights into it strictly: (ae, scaling_factor).
+
+    Only keys under "encoder." and "decoder." are read (as the official loader does: a training file
+    may also hold a discriminator); any missing, unexpected or mis-shaped AE key is an error, never
+    ignored. Weights: the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5
+    (model.safetensors). scaling_factor is None when the official code does not give one
+    (f32c128-1.5): measure it with `measure_latent_scale`.
     """
     ae = DCAE(build_dcae_config(name))
     sd = autoencoder_state_dict(read_state_dict(path))
@@ -977,14 +1216,15 @@ def load_official_dcae(path, name):
     ae.load_state_dict(sd, strict=True)
     scale = ae.cfg.scaling_factor
     if scale is None:
-        warnings.warn(f"no official latent scaling factor is known for {name}; measure it on your data with "
-                      "dcae15.measure_latent_scale (1 / RMS of the latents) before training a diffusion model")
+        warnings.warn(f"no official latent scaling factor is known for {name}; measure it on your "
+                      f"data with dcae15.measure_latent_scale (1 / RMS of the latents) before "
+                      f"training a diffusion model")
     return ae.eval(), scale
 
 
 @torch.no_grad()
 def measure_latent_scale(ae, images_iter, latent_channels=None):
-    """1 / RMS of the latents over an iterable of image batches: the rule the official factors follow."""
+    """1 / RMS of the latents over an iterable of image batches (the official factors' rule)."""
     total, count = 0.0, 0  # running sums in float64, so the result does not depend on batching
     for x in images_iter:
         z = ae.encode(x, latent_channels).double()

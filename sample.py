@@ -1,19 +1,19 @@
 """
 Sample class-conditional images from a trained DiT (EMA weights) and decode them with its autoencoder.
 
-    python sample.py --ckpt runs/dit/last.pt                        # a PNG grid next to the checkpoint
-    python sample.py --ckpt runs/dit/last.pt --latent-channels 8    # only the first c' = 8 channels, rest 0
-    torchrun --nproc_per_node=8 sample.py --ckpt runs/dit/last.pt --num-samples 50000 --npz samples.npz \
-        --cfg-scale 1.5 --steps 100
+    # a PNG grid next to the checkpoint
+    python sample.py --ckpt runs/dit/last.pt                      
+    python sample.py --ckpt runs/dit/last.pt --latent-channels 8    # only the first c' = 8 channels
+    torchrun --nproc_per_node=8 sample.py --ckpt runs/dit/last.pt --num-samples 50000 \
+        --npz samples.npz --cfg-scale 1.5 --steps 100
 
-Batch b of the samples draws its noise from a generator seeded by (--seed, b), so the same seed and batch
-size give the same images, whatever the number of processes.
+Batch b of the samples draws its noise from a generator seeded by (--seed, b), so the same seed and
+batch size give the same images, whatever the number of processes.
 """
 
 import argparse
 import os
 import sys
-import warnings
 
 import numpy as np
 import torch
@@ -24,52 +24,9 @@ import common
 import dcae15
 
 
-def load_dit(path):
-    """The EMA DiT of a train_dit.py checkpoint, and the checkpoint itself."""
-    ckpt = dcae15.load_checkpoint(path)
-    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
-    if kind != "dcae15-dit":
-        what = "an autoencoder checkpoint (train_ae.py)" if kind == "dcae15-ae" else "not a train_dit.py checkpoint"
-        raise ValueError(f"{path} is {what}; sample.py needs a DiT checkpoint written by train_dit.py")
-    model = dcae15.DiT(dcae15.DiTConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["ema"], strict=True)
-    return model.eval().requires_grad_(False), ckpt
-
-
-def load_paired_autoencoder(ckpt, ae_ckpt=None):
-    """The autoencoder the DiT was trained with (or --ae-ckpt), checked against the stored fingerprint."""
-    info = ckpt["ae"]
-    path = ae_ckpt or info["path"]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"the autoencoder this DiT was trained with, {path}, is missing; pass its new "
-                                f"location with --ae-ckpt")
-    ae, _, new_info = common.load_autoencoder(path, info["ae_config"], ckpt["latent_scale"])
-    if new_info["fingerprint"] != info["fingerprint"]:
-        warnings.warn(f"{path} is not the autoencoder this DiT was trained with (its weights differ); "
-                      "the samples will not decode correctly")
-    return ae
-
-
-@torch.no_grad()
-def generate(model, ae, latent_scale, y, generator, steps=50, eta=0.0, cfg_scale=1.0, latent_channels=None):
-    """Class-conditional images for labels y: DDIM in the scaled latent space, then decode.
-
-    Returns (B, 3, H, W) images in about [-1, 1], unclamped (to_uint8 clamps). The DiT runs under bf16
-    autocast on CUDA; the decoder in fp32, the official default. Shared by sample.py, train_dit.py's sample
-    grids and evaluate.py's on-the-fly FID, so all three make the same images from the same generator.
-    """
-    cfg = model.cfg
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=y.device.type == "cuda"):
-        z = dcae15.GaussianDiffusion().ddim_sample(model, (len(y), cfg.in_channels, cfg.input_size, cfg.input_size),
-                                                    y, steps=steps, eta=eta, cfg_scale=cfg_scale, generator=generator,
-                                                    latent_channels=latent_channels)
-    if latent_channels is not None:  # the rest is zero; the decoder's adaptive input conv zero-fills it anyway
-        z = z[:, :latent_channels]
-    return ae.decode(z.float() / latent_scale)
-
-
 def parse_labels(text, num_samples, num_classes):
-    if text is None:  # cycle through the classes
+    """--class-labels "0,3" -> [0, 3, 0, 3, ...] of length num_samples; None cycles all classes."""
+    if text is None:
         return [i % num_classes for i in range(num_samples)]
     try:
         labels = [int(v) for v in text.split(",") if v.strip()]
@@ -77,24 +34,28 @@ def parse_labels(text, num_samples, num_classes):
         raise ValueError(f"--class-labels must be comma-separated integers, got {text!r}") from None
     bad = [v for v in labels if not 0 <= v < num_classes]
     if bad or not labels:
-        raise ValueError(f"--class-labels must lie in [0, {num_classes - 1}] for this model, got {bad or labels}")
+        raise ValueError(f"--class-labels must lie in [0, {num_classes - 1}] for this model, "
+                         f"got {bad or labels}")
     return [labels[i % len(labels)] for i in range(num_samples)]  # repeated to --num-samples
 
 
 def main(args):
-    # ------------------------------------------------------------------ validate before any work
-    model, ckpt = load_dit(args.ckpt)
-    ae = load_paired_autoencoder(ckpt, args.ae_ckpt)
+    # ------------------------------------------------------------------ check the input, before any work
+    model, ae, ckpt = dcae15.load_dit(args.ckpt, args.ae_ckpt)
     cfg, scale = model.cfg, ckpt["latent_scale"]
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ValueError("--num-samples and --batch-size must be positive")
     labels = parse_labels(args.class_labels, args.num_samples, cfg.num_classes)
-    if args.latent_channels is not None and not 1 <= args.latent_channels <= cfg.in_channels:
-        raise ValueError(f"--latent-channels must be in [1, {cfg.in_channels}] for this model, got {args.latent_channels}")
+    c_prime = args.latent_channels
+    if c_prime is not None and not 1 <= c_prime <= cfg.in_channels:
+        raise ValueError(f"--latent-channels must be in [1, {cfg.in_channels}] for this model, "
+                         f"got {c_prime}")
     if not 1 <= args.steps <= 1000:
         raise ValueError(f"--steps must be in [1, 1000], got {args.steps}")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"sample_seed{args.seed}.png")
+    default_out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"sample_seed{args.seed}.png")
+    out = args.out or default_out
 
+    # ------------------------------------------------------------------ sample this rank's batches
     rank, world, device = common.setup_distributed(args.device)
     model.to(device)
     ae.to(device)
@@ -104,9 +65,10 @@ def main(args):
     for b in tqdm(mine, desc="sampling", disable=rank != 0, file=sys.stdout):
         y = torch.tensor(labels[b * args.batch_size : (b + 1) * args.batch_size], device=device)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
-        x = generate(model, ae, scale, y, gen, args.steps, args.eta, args.cfg_scale, args.latent_channels)
+        x = dcae15.generate(model, ae, scale, y, gen, args.steps, args.eta, args.cfg_scale, c_prime)
         images[b] = common.to_uint8(x).permute(0, 2, 3, 1).cpu()  # (B, H, W, 3)
 
+    # ------------------------------------------------------------------ the grid and the .npz (rank 0)
     if world > 1:  # bring every batch to rank 0
         gathered = [None] * world
         dist.all_gather_object(gathered, images)
@@ -116,8 +78,9 @@ def main(args):
         grid = all_images[: args.grid_max].permute(0, 3, 1, 2).float() / 127.5 - 1
         ncol = min(cfg.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
         common.save_grid(grid, out, ncol=ncol)
-        print(f"wrote {out} ({len(grid)} of {len(all_images)} samples, cfg {args.cfg_scale}, {args.steps} DDIM steps"
-              f", eta {args.eta}{', first ' + str(args.latent_channels) + ' channels' if args.latent_channels else ''})")
+        partial = f", first {c_prime} channels" if c_prime else ""
+        print(f"wrote {out} ({len(grid)} of {len(all_images)} samples, cfg {args.cfg_scale}, "
+              f"{args.steps} DDIM steps, eta {args.eta}{partial})")
         if args.npz:
             # ADM-style: arr_0 = uint8 (N, H, W, 3), arr_1 = labels
             common.save_npz(args.npz, arr_0=all_images.numpy(), arr_1=np.array(labels, dtype=np.int64))
@@ -129,17 +92,22 @@ def build_parser():
     p = argparse.ArgumentParser(description="Sample images from a train_dit.py checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="train_dit.py checkpoint (its EMA weights are used)")
-    p.add_argument("--ae-ckpt", default=None, help="the autoencoder, if it moved since training (default: as stored)")
+    p.add_argument("--ae-ckpt", default=None,
+                   help="the autoencoder, if it moved since training (default: as stored)")
     p.add_argument("--num-samples", type=int, default=40, help="number of samples")
-    p.add_argument("--class-labels", default=None, help="comma-separated labels, repeated (default: cycle all classes)")
-    p.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--class-labels", default=None,
+                   help="comma-separated labels, repeated (default: cycle all classes)")
+    p.add_argument("--cfg-scale", type=float, default=4.0,
+                   help="classifier-free guidance scale (1 = none)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--latent-channels", type=int, default=None,
-                   help="generate only the first c' latent channels (the rest zero): what the object channels hold")
-    p.add_argument("--out", default=None, help="PNG grid path (default: sample_seed<SEED>.png beside the checkpoint)")
-    p.add_argument("--grid-max", type=int, default=100, help="at most this many samples go into the PNG grid")
+                   help="generate only the first c' latent channels (the rest zero): what the object "
+                        "channels hold")
+    p.add_argument("--out", default=None,
+                   help="PNG grid path (default: sample_seed<SEED>.png beside the checkpoint)")
+    p.add_argument("--grid-max", type=int, default=100, help="at most this many samples go into the grid")
     p.add_argument("--npz", default=None, help="also write all samples as an ADM-style .npz (for FID)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")

@@ -1,15 +1,17 @@
 """
 Train a DC-AE 1.5 autoencoder with a structured latent space.
 
-    python train_ae.py                                   # classroom preset on the built-in shapes, CPU ok
-    python train_ae.py --no-structured --out runs/ae-plain   # the plain DC-AE baseline, for comparison
+    # classroom preset on the built-in shapes, CPU ok
+    python train_ae.py                                 
+    # the plain DC-AE baseline, for comparison
+    python train_ae.py --no-structured --out runs/ae-plain 
     torchrun --nproc_per_node=8 train_ae.py --model dc-ae-f32c128-1.5 --data imagefolder \
         --data-path /data/imagenet --image-size 256 --batch-size 256 --perceptual on
 
-Each step draws c' from the channel list and reconstructs from z * mask_{c,c'} (DC-AE 1.5 Sec. 3); the loss
-is L1 + LPIPS, plus a hinge GAN from --gan-start. The run folder gets last.pt, log.txt and
-recon_partial.png (rows: validation images; columns: original, then the reconstruction from the first c'
-channels for each c' in the list: the paper's Figure 3).
+Each step draws c' from the channel list and reconstructs from z * mask_{c,c'} (DC-AE 1.5 Sec. 3); the
+loss is L1 + LPIPS, plus a hinge GAN from --gan-start. The run folder gets last.pt, log.txt and
+recon_partial.png (rows: validation images; columns: original, then the reconstruction from the first
+c' channels for each c' in the list: the paper's Figure 3).
 
 NOTE: the official DC-AE 1.5 training recipe is unreleased; the defaults here are ours (see README).
 """
@@ -20,25 +22,31 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
+import data
 import dcae15
 
-# Flags that may differ when resuming (they do not change what is computed); every other flag must match.
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers", "device"}
+# Flags that may differ when resuming (they do not change what is computed); the rest must match.
+RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
+                    "device"}
 
 
 def parse_channel_list(text, latent_channels):
+    """--latent-channel-choices "8,16,64" -> [8, 16, 64]; None -> multiples of c/8."""
     if text is None:
         return dcae15.default_channel_choices(latent_channels)
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--latent-channel-choices must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"--latent-channel-choices must be comma-separated integers, "
+                         f"got {text!r}") from None
     try:
         return dcae15.check_channel_choices(values, latent_channels)
     except ValueError as err:
@@ -46,20 +54,89 @@ def parse_channel_list(text, latent_channels):
 
 
 def load_init_from(args):
-    """--init-from -> (config, AE state dict): one of our checkpoints (its EMA weights and config), or an
-    official DC-AE file (.safetensors, or .pt/.pth) for the --model preset."""
-    raw = dcae15.read_state_dict(args.init_from)
-    if raw.get("kind") == "dcae15-ae":
-        return dcae15.DCAEConfig.from_dict(raw["config"]), raw["ema"]
-    if "kind" in raw:
-        raise ValueError(f"--init-from {args.init_from} is a {raw['kind']} checkpoint, not an autoencoder")
-    cfg, sd = dcae15.build_dcae_config(args.model), dcae15.autoencoder_state_dict(raw)
-    try:
-        with torch.device("meta"):  # shapes only: no second full-size model in memory
-            dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
-    except ValueError as err:
-        raise ValueError(f"--init-from {args.init_from} does not fit --model {args.model}: {err}") from None
+    """--init-from -> (config, AE state dict): one of our checkpoints (its EMA weights and config),
+    or an official DC-AE file (.safetensors, or .pt/.pth) for the --model preset."""
+    cfg, sd, _, source = dcae15.read_autoencoder(args.init_from, args.model)
+    if source == "official":
+        try:
+            with torch.device("meta"):  # shapes only: no second full-size model in memory
+                dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
+        except ValueError as err:
+            raise ValueError(f"--init-from {args.init_from} does not fit --model {args.model}: "
+                             f"{err}") from None
     return cfg, sd
+
+
+@dataclass
+class Training:
+    """What one training step needs: the models (and their DDP wrappers), the loss, the optimisers."""
+
+    ae: torch.nn.Module
+    ema: torch.nn.Module
+    loss_fn: dcae15.AutoencoderLoss
+    opt: torch.optim.Optimizer
+    disc: Optional[torch.nn.Module] = None
+    opt_disc: Optional[torch.optim.Optimizer] = None
+    ae_ddp: Optional[torch.nn.Module] = None  # = ae on one process
+    disc_ddp: Optional[torch.nn.Module] = None
+
+
+def build_training(cfg, args, device, init_sd=None):
+    """The autoencoder, its EMA copy, the loss (with LPIPS and the discriminator) and optimisers."""
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    ae = dcae15.DCAE(cfg).to(device)
+    if init_sd is not None:
+        ae.load_state_dict(init_sd, strict=True)
+    ema = copy.deepcopy(ae).eval().requires_grad_(False)
+    disc = None
+    if args.gan_weight > 0:
+        # PatchGAN with 3 downsampling layers (70x70 patches) where the image allows; fewer if tiny
+        n_layers = max(1, min(3, int(math.log2(args.image_size / 3))))
+        disc = dcae15.PatchDiscriminator(n_layers=n_layers).to(device)
+    perceptual = dcae15.build_lpips(args.perceptual) if args.lpips_weight > 0 else None
+    if perceptual is not None:
+        perceptual.to(device)
+    loss_fn = dcae15.AutoencoderLoss(disc, perceptual, args.l1_weight, args.lpips_weight,
+                                     args.gan_weight, args.gan_start)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.999),
+                            weight_decay=args.weight_decay)
+    opt_disc = None
+    if disc is not None:
+        opt_disc = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
+    return Training(ae, ema, loss_fn, opt, disc, opt_disc)
+
+
+def wrap_ddp(t, world, device):
+    """DistributedDataParallel wrappers for the trained modules (the modules themselves on 1 rank)."""
+    ids = [device.index] if device.type == "cuda" else None
+    t.ae_ddp = DDP(t.ae, device_ids=ids) if world > 1 else t.ae
+    t.disc_ddp = DDP(t.disc, device_ids=ids) if world > 1 and t.disc is not None else t.disc
+
+
+def train_step(t, x, c_prime, step, args, autocast):
+    """One step: reconstruct x from its first c' channels, update the AE (and EMA), then the
+    discriminator. Returns (the loss terms, the AE's gradient norm)."""
+    t.ae.train()
+    if t.disc is not None:
+        t.disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
+    with autocast:
+        x_rec, _ = t.ae_ddp(x, c_prime)  # = D(E(x) * mask_{c,c'})
+        loss, terms = t.loss_fn.generator_loss(x, x_rec, step)
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.ae.parameters(), args.grad_clip)
+    t.opt.step()
+    common.update_ema(t.ema, t.ae, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+    terms = {"loss": loss, **terms}
+    if t.loss_fn.gan_active(step):
+        t.disc.requires_grad_(True)
+        with autocast:
+            d_loss = t.loss_fn.discriminator_loss(x, x_rec, t.disc_ddp)
+        t.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        t.opt_disc.step()
+        terms["d_loss"] = d_loss
+    return terms, grad_norm
 
 
 @torch.no_grad()
@@ -71,11 +148,13 @@ def reconstruct_table(ae, images, choices):
 
 @torch.no_grad()
 def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
-    """PSNR (dB) of full and partial-channel reconstructions on the first validation images, and 1/RMS(z)."""
+    """PSNR (dB) of full and partial-channel reconstructions of the first validation images, and
+    1/RMS(z), the latent scaling factor."""
     psnr = {c: 0.0 for c in choices}
     sq_sum, count, n = 0.0, 0, min(num_images, len(val_set))
     for start in range(0, n, batch_size):
-        x = torch.stack([val_set[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
+        batch = [val_set[i][0] for i in range(start, min(start + batch_size, n))]
+        x = torch.stack(batch).to(device)
         z = ae.encode(x)
         sq_sum += z.double().pow(2).sum().item()
         count += z.numel()
@@ -84,202 +163,184 @@ def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
     return {c: v / n for c, v in psnr.items()}, 1.0 / math.sqrt(sq_sum / count)
 
 
+def final_report(report, scale, n_images, n_ranks, paths):
+    """The lines printed at the end of a run."""
+    lines = [f"validation PSNR of the EMA autoencoder ({n_images} images), reconstructing from the "
+             f"first c' channels:"]
+    lines += [f"  c' = {c:4d}: {v:6.2f} dB" for c, v in report.items()]
+    lines += [f"latent scaling factor (1 / RMS of the EMA latents): {scale:.4f}",
+              f"wrote {' and '.join(paths)}"]
+    if n_ranks > 1:
+        lines.append(f"DDP check: weights identical on all {n_ranks} ranks")
+    return "\n".join(lines)
+
+
 def main(args):
-    # ------------------------------------------------------------------ validate everything before any work
+    # ------------------------------------------------------------------ check the input, before any work
     if args.resume and args.init_from:
-        raise ValueError("--resume continues a run and --init-from starts a new one from weights: pass only one")
-    last_path = os.path.join(args.out, "last.pt")
-    resume_ckpt = common.open_run(args, "dcae15-ae", build_parser(), RESUME_FREE_ARGS)
+        raise ValueError("--resume continues a run and --init-from starts a new one from weights: "
+                         "pass only one")
+    resume_ckpt = common.checkpoint_to_resume(args, dcae15.AE_KIND)
+    init_sd = None
     if resume_ckpt is not None:
-        cfg, init_sd = dcae15.DCAEConfig.from_dict(resume_ckpt["config"]), None
+        common.adopt_run_flags(args, resume_ckpt["args"], build_parser(), RESUME_FREE_ARGS)
+        cfg = dcae15.DCAEConfig.from_dict(resume_ckpt["config"])
+    elif args.init_from:
+        cfg, init_sd = load_init_from(args)
     else:
-        cfg, init_sd = load_init_from(args) if args.init_from else (dcae15.build_dcae_config(args.model), None)
+        cfg = dcae15.build_dcae_config(args.model)
     choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
     f = 2 ** (len(cfg.encoder.width_list) - 1)
     if args.image_size % f:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial compression {f} of "
-                         f"this autoencoder; use a multiple of {f}")
-    for name in ("batch_size", "max_steps", "log_every", "sample_every"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial "
+                         f"compression {f} of this autoencoder; use a multiple of {f}")
+    common.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
 
+    # ------------------------------------------------------------------ processes and data
     rank, world, device = common.setup_distributed(args.device)
     if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} processes")
+        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
+                         f"processes")
     master = rank == 0
-    train_set = common.build_dataset(args.data, "train", args.image_size, args.data_path, seed=args.seed)
-    val_set = common.build_dataset(args.data, "val", args.image_size, args.data_path, seed=args.seed)
+    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path, args.seed)
+    val_set = data.build_dataset(args.data, "val", args.image_size, args.data_path, args.seed)
 
     # ------------------------------------------------------------------ models, losses, optimisers
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-    ae = dcae15.DCAE(cfg).to(device)
-    if init_sd is not None:
-        ae.load_state_dict(init_sd, strict=True)
-    ema = copy.deepcopy(ae).eval().requires_grad_(False)
-    # PatchGAN with 3 downsampling layers (70x70 patches) where the image allows it; fewer on tiny images
-    n_layers = max(1, min(3, int(math.log2(args.image_size / 3))))
-    disc = dcae15.PatchDiscriminator(n_layers=n_layers).to(device) if args.gan_weight > 0 else None
-    perceptual = dcae15.build_lpips(args.perceptual) if args.lpips_weight > 0 else None
-    if perceptual is not None:
-        perceptual.to(device)
-    loss_fn = dcae15.AutoencoderLoss(disc, perceptual, args.l1_weight, args.lpips_weight, args.gan_weight,
-                                     args.gan_start)
-    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
-    opt_disc = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9)) if disc else None
-    # c' is drawn from its own generator, seeded per rank as the official trainer does (ranks differ)
+    t = build_training(cfg, args, device, init_sd)
+    # c' is drawn from its own generator, seeded per rank as the official trainer does (ranks
+    # differ)
     channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     torch.manual_seed(args.seed * 1000 + rank)  # per-rank stream for anything else random
-
     step = 0
     if resume_ckpt is not None:
-        ae.load_state_dict(resume_ckpt["model"])
-        ema.load_state_dict(resume_ckpt["ema"])
-        opt.load_state_dict(resume_ckpt["opt"])
-        if disc is not None:
-            disc.load_state_dict(resume_ckpt["disc"])
-            opt_disc.load_state_dict(resume_ckpt["opt_disc"])
+        t.ae.load_state_dict(resume_ckpt["model"])
+        t.ema.load_state_dict(resume_ckpt["ema"])
+        t.opt.load_state_dict(resume_ckpt["opt"])
+        if t.disc is not None:
+            t.disc.load_state_dict(resume_ckpt["disc"])
+            t.opt_disc.load_state_dict(resume_ckpt["opt_disc"])
         step = resume_ckpt["step"]
         common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
+    wrap_ddp(t, world, device)
+    loader = data.infinite_loader(train_set, args.batch_size, rank, world, args.seed, step,
+                                  args.num_workers, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    ae_ddp = DDP(ae, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else ae
-    disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and disc else disc
-    loader = common.infinite_loader(train_set, args.batch_size, rank, world, args.seed, step, args.num_workers, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # fp32 on CPU
-
-    # ------------------------------------------------------------------ outputs (only now: inputs are valid)
+    # ------------------------------------------------------------------ outputs (the input is valid)
+    last_path = os.path.join(args.out, "last.pt")
+    picture_path = os.path.join(args.out, "recon_partial.png")
     if master:
         os.makedirs(args.out, exist_ok=True)
     log = common.RunLog(args.out, master)
-    if master:
-        n_params = sum(p.numel() for p in ae.parameters()) / 1e6
-        header = (f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, latent "
-                  f"{cfg.latent_channels}x{args.image_size // f}x{args.image_size // f}, c' in {choices}"
-                  f"{' (structured)' if not args.no_structured else ' (plain baseline: c = ' + str(cfg.latent_channels) + ' only)'}"
-                  f", {world} process(es) on {device}, perceptual {'on' if perceptual else 'off'}")
-        log.write(header)
+    n_params = sum(p.numel() for p in t.ae.parameters()) / 1e6
+    h = args.image_size // f
+    kind = "structured" if not args.no_structured else f"plain baseline: c = {cfg.latent_channels} only"
+    log.write(f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, "
+              f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} ({kind}), {world} process(es) "
+              f"on {device}, perceptual {'on' if t.loss_fn.perceptual else 'off'}")
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
     def save(final=False):
-        """Checkpoint (tensors and plain values only), written atomically by rank 0."""
-        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's, so resume continues each stream
+        """Checkpoint (rank 0 writes it atomically) and the partial-channel picture."""
+        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return None
         # a quick look for periodic saves, the full report at the end
-        report, scale = validate(ema, val_set, choices, device, num_images=256 if final else 64)
-        ckpt = {"kind": "dcae15-ae", "config": cfg.to_dict(), "model": ae.state_dict(), "ema": ema.state_dict(),
-                "disc": disc.state_dict() if disc else None, "opt": opt.state_dict(),
-                "opt_disc": opt_disc.state_dict() if opt_disc else None, "step": step, "args": vars(args),
-                "latent_scale": scale, "channel_choices": choices, "val_psnr": {str(c): v for c, v in report.items()},
-                "rng": rng}
+        report, scale = validate(t.ema, val_set, choices, device, num_images=256 if final else 64)
+        ckpt = dcae15.ae_checkpoint(cfg, t.ae, t.ema, t.opt, step, args, rng, scale, choices, report,
+                                    t.disc, t.opt_disc)
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
+        common.save_grid(reconstruct_table(t.ema, val_images, choices), picture_path,
+                         ncol=len(choices) + 1)
         return report, scale
 
-    def picture():
-        if master:
-            common.save_grid(reconstruct_table(ema, val_images, choices), os.path.join(args.out, "recon_partial.png"),
-                             ncol=len(choices) + 1)
-
     # ------------------------------------------------------------------ training loop
-    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
+    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True,
+                file=sys.stdout)
     while step < args.max_steps:
         x, _ = next(loader)
-        # Structured latent space: one c' per step (per rank). The plain baseline always uses all c channels.
-        c_prime = cfg.latent_channels if args.no_structured else dcae15.sample_latent_channels(choices, generator=channel_gen)
-        lr = common.warmup_lr(opt, args.lr, step, args.warmup_steps)
-
-        ae.train()
-        if disc is not None:
-            disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
-        with autocast:
-            x_rec, _ = ae_ddp(x, c_prime)  # = D(E(x) * mask_{c,c'})
-            loss, terms = loss_fn.generator_loss(x, x_rec, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(ae.parameters(), args.grad_clip)
-        opt.step()
-        common.update_ema(ema, ae, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
-
-        d_loss = None
-        if loss_fn.gan_active(step):
-            disc.requires_grad_(True)
-            with autocast:
-                d_loss = loss_fn.discriminator_loss(x, x_rec, disc_ddp)
-            opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_disc.step()
-
+        # Structured latent space: one c' per step (per rank). The plain baseline always uses all c.
+        c_prime = cfg.latent_channels
+        if not args.no_structured:
+            c_prime = dcae15.sample_latent_channels(choices, generator=channel_gen)
+        lr = common.warmup_lr(t.opt, args.lr, step, args.warmup_steps)
+        terms, grad_norm = train_step(t, x, c_prime, step, args, autocast)
         step += 1
         pbar.update(1)
-        log.accumulate({"loss": loss, **terms, **({"d_loss": d_loss} if d_loss is not None else {})},
-                       x.shape[0] * world)
+        log.accumulate(terms, x.shape[0] * world)
         if step % args.log_every == 0 or step == args.max_steps:
             values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
             log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.1f} img/s")
+                      + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
+                      + f" | {rate:.1f} img/s")
         if step % args.sample_every == 0 and step < args.max_steps:  # the last step is saved below
             save()
-            picture()
     pbar.close()
 
     # ------------------------------------------------------------------ final report (EMA weights)
-    n_ranks = common.check_ranks_in_sync(ae)
+    n_ranks = common.check_ranks_in_sync(t.ae)
     result = save(final=True)
     if master:
         report, scale = result
-        picture()
-        lines = [f"validation PSNR of the EMA autoencoder ({min(256, len(val_set))} images), "
-                 f"reconstructing from the first c' channels:"]
-        lines += [f"  c' = {c:4d}: {v:6.2f} dB" for c, v in report.items()]
-        lines += [f"latent scaling factor (1 / RMS of the EMA latents): {scale:.4f}",
-                  f"wrote {last_path} and {os.path.join(args.out, 'recon_partial.png')}"]
-        if n_ranks > 1:
-            lines.append(f"DDP check: weights identical on all {n_ranks} ranks")
-        log.write("\n".join(lines))
-        log.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale}), echo=False)
+        log.write(final_report(report, scale, min(256, len(val_set)), n_ranks,
+                               [last_path, picture_path]))
+        log.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()},
+                              "latent_scale": scale}), echo=False)
     log.close()
     common.cleanup_distributed()
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a DC-AE 1.5 autoencoder with a structured latent space.",
+    p = argparse.ArgumentParser(description="Train a DC-AE 1.5 autoencoder with a structured latent "
+                                            "space.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="dc-ae-f16c64-classroom", help=f"preset: {', '.join(dcae15.DCAE_CONFIGS)}")
-    p.add_argument("--data", default="shapes", choices=["shapes", "imagefolder", "cifar10"],
-                   help="shapes: built-in procedural set (no files); imagefolder: --data-path with class folders; "
-                        "cifar10: torchvision's CIFAR-10 under --data-path")
+    p.add_argument("--model", default="dc-ae-f16c64-classroom",
+                   help=f"preset: {', '.join(dcae15.DCAE_CONFIGS)}")
+    p.add_argument("--data", default="shapes", choices=data.DATASETS,
+                   help="shapes: built-in procedural set (no files); imagefolder: --data-path with "
+                        "class folders; cifar10: torchvision's CIFAR-10 under --data-path")
     p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
-    p.add_argument("--image-size", type=int, default=64, help="training resolution (a multiple of the compression)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="training resolution (a multiple of the compression)")
     p.add_argument("--out", default="runs/ae", help="run folder: last.pt, log.txt, recon_partial.png")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt left it")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly where last.pt left it")
     p.add_argument("--init-from", default=None,
-                   help="start from weights: a train_ae.py checkpoint (its EMA) or an official DC-AE 1.5 file "
-                        "(.safetensors / .pt) matching --model")
+                   help="start from weights: a train_ae.py checkpoint (its EMA) or an official "
+                        "DC-AE 1.5 file (.safetensors / .pt) matching --model")
     p.add_argument("--latent-channel-choices", default=None,
                    help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
-    p.add_argument("--no-structured", action="store_true", help="plain DC-AE baseline: always decode all c channels")
+    p.add_argument("--no-structured", action="store_true",
+                   help="plain DC-AE baseline: always decode all c channels")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")
     p.add_argument("--max-steps", type=int, default=2200, help="training steps")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the autoencoder")
     p.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the AE gradient norm to this")
     p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction loss")
-    p.add_argument("--lpips-weight", type=float, default=0.5, help="weight of the LPIPS loss (0 disables it)")
+    p.add_argument("--lpips-weight", type=float, default=0.5,
+                   help="weight of the LPIPS loss (0 disables it)")
     p.add_argument("--perceptual", default="auto", choices=["auto", "on", "off"],
-                   help="LPIPS-VGG: auto = use it if the VGG16 weights can be had, else warn and go on without")
+                   help="LPIPS-VGG: auto = use it if the VGG16 weights can be had, else warn and go on "
+                        "without")
     p.add_argument("--gan-weight", type=float, default=0.0,
-                   help="weight of the hinge GAN loss; 0 = off. DC-AE adds the GAN only in a last phase, after the "
-                        "reconstruction has converged (e.g. --gan-weight 0.1 --gan-start 100000 on a real run)")
+                   help="weight of the hinge GAN loss; 0 = off. DC-AE adds the GAN only in a last "
+                        "phase, after the reconstruction has converged (e.g. --gan-weight 0.1 "
+                        "--gan-start 100000 on a real run)")
     p.add_argument("--gan-start", type=int, default=0, help="step at which the GAN loss starts")
     p.add_argument("--disc-lr", type=float, default=2e-4, help="learning rate of the discriminator")
     p.add_argument("--ema-decay", type=float, default=0.995,
                    help="EMA decay; short classroom runs need a short average (official runs: 0.9999)")
-    p.add_argument("--ema-warmup", type=int, default=200, help="EMA warmup: decay * (1 - exp(-step / warmup))")
+    p.add_argument("--ema-warmup", type=int, default=200,
+                   help="EMA warmup: decay * (1 - exp(-step / warmup))")
     p.add_argument("--log-every", type=int, default=100, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=500, help="steps between last.pt + recon_partial.png updates")
-    p.add_argument("--save-every", type=int, default=0, help="also keep step_NNNNNNN.pt every N steps (0: never)")
+    p.add_argument("--sample-every", type=int, default=500,
+                   help="steps between last.pt + recon_partial.png updates")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and c'")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
@@ -289,5 +350,5 @@ def build_parser():
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message, not a traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message
         sys.exit(f"train_ae.py: error: {err}")

@@ -1,14 +1,17 @@
 """
 Train a class-conditional latent DiT with DC-AE 1.5's augmented diffusion training.
 
-    python train_dit.py --ae-ckpt runs/ae/last.pt                     # classroom DiT on the shapes latents
-    python train_dit.py --ae-ckpt runs/ae/last.pt --no-augmented --out runs/dit-plain   # the baseline
+    # classroom DiT on shapes latents
+    python train_dit.py --ae-ckpt runs/ae/last.pt                   
+    # the baseline
+    python train_dit.py --ae-ckpt runs/ae/last.pt --no-augmented --out runs/dit-plain 
     torchrun --nproc_per_node=8 train_dit.py --ae-ckpt model.safetensors --ae-config dc-ae-f64c128-1.5 \
-        --data imagefolder --data-path /data/imagenet --image-size 512 --model DiT-XL --batch-size 256 --lr 1e-4
+        --data imagefolder --data-path /data/imagenet --image-size 512 --model DiT-XL --batch-size 256 \
+        --lr 1e-4
 
 The training images are encoded once into a latent cache (keyed by dataset, resolution, autoencoder and
-flip), then the DiT trains on the cached latents multiplied by the latent scaling factor, as the official
-code does. Each step adds the diffusion loss on the first c' channels (DC-AE 1.5 Sec. 3):
+flip), then the DiT trains on the cached latents multiplied by the latent scaling factor, as the
+official code does. Each step adds the diffusion loss on the first c' channels (DC-AE 1.5 Sec. 3):
 loss = (L_full + w * L_masked(c')) / (1 + w), with c' drawn from --aug-channel-choices.
 """
 
@@ -26,30 +29,38 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
+import data
 import dcae15
-import sample
 
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device", "cache_dir",
-                    "encode_batch_size", "ae_ckpt"}  # the AE may move: its fingerprint is checked instead
+# Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
+RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
+                    "cache_dir", "encode_batch_size", "ae_ckpt"}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Latent cache
 
 
 def cache_key(args, ae_info, num_images):
     """Everything the cached latents depend on; its hash names the cache file."""
-    return {"data": args.data, "data_path": os.path.abspath(args.data_path) if args.data_path else None,
-            "image_size": args.image_size, "seed": args.seed if args.data == "shapes" else None,
-            "num_images": num_images, "flip": args.flip, "ae": ae_info["fingerprint"]}
+    return {
+        "data": args.data,
+        "data_path": os.path.abspath(args.data_path) if args.data_path else None,
+        "image_size": args.image_size,
+        "seed": args.seed if args.data == "shapes" else None,
+        "num_images": num_images,
+        "flip": args.flip,
+        "ae": ae_info["fingerprint"],
+    }
 
 
 @torch.no_grad()
 def encode_images(ae, dataset, indices, flip, batch_size, device, desc=None):
-    """Unscaled latents of dataset[indices], their labels, and (with flip) the latents of the mirror images."""
+    """Unscaled latents of dataset[indices], their labels, and (with flip) the mirror images'."""
     latents, mirrored, labels = [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=desc is None, file=sys.stdout):
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=desc, disable=desc is None, file=sys.stdout):
         items = [dataset[i] for i in indices[start : start + batch_size]]
         x = torch.stack([im for im, _ in items]).to(device)
         labels.append(torch.tensor([label for _, label in items]))
@@ -61,7 +72,7 @@ def encode_images(ae, dataset, indices, flip, batch_size, device, desc=None):
 
 
 def interleave(shards, n):
-    """Inverse of the round-robin split: item i came from shard i % len(shards), position i // len(shards)."""
+    """Inverse of the round-robin split: item i came from shard i % len(shards), row i // len."""
     out = torch.empty((n, *shards[0].shape[1:]), dtype=shards[0].dtype)
     for r, shard in enumerate(shards):
         out[r :: len(shards)] = shard
@@ -69,7 +80,7 @@ def interleave(shards, n):
 
 
 def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
-    """Encode the training images once (split over ranks), write the cache atomically, reuse it next time.
+    """Encode the training images once (split over ranks), write the cache atomically, reuse it.
 
     Returns (latents, labels); latents are unscaled, (N, C, h, w), memory-mapped from the file.
     With --flip the mirrored images follow the originals (N = 2 x images).
@@ -78,18 +89,21 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     key = cache_key(args, ae_info, num_images)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"latents-{digest}.pt")
-    part = lambda r: os.path.join(args.cache_dir, f"latents-{digest}.part{r}.pt")  # noqa: E731
+
+    def part(r):
+        return os.path.join(args.cache_dir, f"latents-{digest}.part{r}.pt")
+
     if not os.path.isfile(path):
         os.makedirs(args.cache_dir, exist_ok=True)
         t0 = time.time()
-        z, y, z_flip = encode_images(ae.to(device), train_set, list(range(rank, num_images, world)), args.flip,
-                                     args.encode_batch_size, device,
-                                     f"encoding {num_images} images" if rank == 0 else None)
+        desc = f"encoding {num_images} images" if rank == 0 else None
+        z, y, z_flip = encode_images(ae.to(device), train_set, list(range(rank, num_images, world)),
+                                     args.flip, args.encode_batch_size, device, desc)
         dcae15.save_checkpoint({"latents": z, "labels": y, "mirrored": z_flip}, part(rank))
         if world > 1:
             dist.barrier()
         if rank == 0:  # merge the shards back into dataset order
-            parts = [torch.load(part(r), weights_only=True) for r in range(world)]
+            parts = [dcae15.load_checkpoint(part(r)) for r in range(world)]
             latents = interleave([p["latents"] for p in parts], num_images)
             labels = interleave([p["labels"] for p in parts], num_images)
             if args.flip:
@@ -103,75 +117,103 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             dist.barrier()
     elif rank == 0:
         print(f"latent cache: reusing {path}")
-    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: ranks share the pages
+    # mmap: the ranks share the pages
+    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return cache["latents"], cache["labels"]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Samples
+# --------------------------------------------------------------------------------------------------
+# Model, one training step, samples
+
+
+def aug_channel_list(text, C):
+    """--aug-channel-choices "8,16" -> [8, 16]; None -> multiples of C/8 below C."""
+    if text:
+        try:
+            return dcae15.check_channel_choices(text.split(","), C)
+        except ValueError as err:
+            raise ValueError(f"--aug-channel-choices: {err}") from None
+    # NOTE: a guess, as for the AE: multiples of c/8 below c (c itself is the full-channel pass)
+    return [c for c in dcae15.default_channel_choices(C) if c < C] or [C]
+
+
+def build_model(cfg, args, device):
+    """The DiT, its EMA copy and AdamW (no weight decay on biases and norm weights, as official)."""
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    model = dcae15.DiT(cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def decays(name, p):
+        return p.dim() >= 2 and "embedding" not in name
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.999))
+    return model, ema, opt
+
+
+def train_step(model, model_ddp, ema, opt, diffusion, x, y, c_prime, step, args, autocast):
+    """One step of (augmented) diffusion training; returns (the loss terms, the gradient norm)."""
+    model.train()
+    with autocast:
+        loss, terms = diffusion.training_loss(model_ddp, x, y, c_prime=c_prime,
+                                              aug_weight=args.aug_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    opt.step()
+    common.update_ema(ema, model, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+    return {"loss": loss, **terms}, grad_norm
 
 
 def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, steps, cfg_scale):
     """per_class samples of each of the first <= 10 classes, decoded to images; rows are classes."""
     y = torch.arange(min(num_classes, 10), device=device).repeat_interleave(per_class)
-    return sample.generate(model, ae, latent_scale, y, torch.Generator(device).manual_seed(seed), steps,
-                           cfg_scale=cfg_scale)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training
+    generator = torch.Generator(device).manual_seed(seed)
+    return dcae15.generate(model, ae, latent_scale, y, generator, steps, cfg_scale=cfg_scale)
 
 
 def main(args):
-    # ------------------------------------------------------------------ validate everything before any work
-    last_path = os.path.join(args.out, "last.pt")
-    resume_ckpt = common.open_run(args, "dcae15-dit", build_parser(), RESUME_FREE_ARGS)
+    # ------------------------------------------------------------------ check the input, before any work
+    resume_ckpt = common.checkpoint_to_resume(args, dcae15.DIT_KIND)
+    if resume_ckpt is not None:
+        common.adopt_run_flags(args, resume_ckpt["args"], build_parser(), RESUME_FREE_ARGS)
     if args.ae_ckpt is None:
-        raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file with --ae-config")
-    ae, latent_scale, ae_info = common.load_autoencoder(args.ae_ckpt, args.ae_config, args.latent_scale)
+        raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file "
+                         "with --ae-config")
+    ae, latent_scale, ae_info = dcae15.load_autoencoder(args.ae_ckpt, args.ae_config, args.latent_scale)
     if resume_ckpt is not None and ae_info["fingerprint"] != resume_ckpt["ae"]["fingerprint"]:
         raise ValueError(f"--resume: {args.ae_ckpt} is not the autoencoder this run was trained with")
     f = ae.spatial_compression_ratio
     if args.image_size % f:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by the autoencoder's compression {f}")
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the autoencoder's "
+                         f"compression {f}")
     C = ae.latent_channels
-    if args.aug_channel_choices:
-        try:
-            choices = dcae15.check_channel_choices(args.aug_channel_choices.split(","), C)
-        except ValueError as err:
-            raise ValueError(f"--aug-channel-choices: {err}") from None
-    else:  # NOTE: guess, as for the AE: multiples of c/8 below c (c itself is the full-channel pass)
-        choices = [c for c in dcae15.default_channel_choices(C) if c < C] or [C]
-    for name in ("batch_size", "max_steps", "log_every", "sample_every"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    choices = aug_channel_list(args.aug_channel_choices, C)
+    common.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
 
+    # ------------------------------------------------------------------ processes, data, latent cache
     rank, world, device = common.setup_distributed(args.device)
     if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} processes")
+        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
+                         f"processes")
     master = rank == 0
-    train_set = common.build_dataset(args.data, "train", args.image_size, args.data_path, seed=args.seed)
+    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path, args.seed)
     num_classes = train_set.num_classes
-
-    # ------------------------------------------------------------------ latents (encoded once, then cached)
     latents, labels = build_latent_cache(args, ae, ae_info, train_set, rank, world, device)
     ae.to(device)  # kept for the sample grids
 
     # ------------------------------------------------------------------ model, optimiser
-    torch.manual_seed(args.seed)  # same initial weights on every rank
     cfg = dcae15.build_dit_config(args.model, input_size=args.image_size // f, in_channels=C,
                                   num_classes=num_classes, patch_size=args.patch_size)
     if resume_ckpt is not None:
         cfg = dcae15.DiTConfig.from_dict(resume_ckpt["config"])
-    model = dcae15.DiT(cfg).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    # AdamW with no weight decay on biases and norm weights, as the official trainer does
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999))
+    model, ema, opt = build_model(cfg, args, device)
     diffusion = dcae15.GaussianDiffusion()
-    channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # per-rank c', as the official trainer
+    # per-rank c', as the official trainer draws it
+    channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     torch.manual_seed(args.seed * 1000 + rank)  # per-rank t, noise and label dropout
     step = 0
     if resume_ckpt is not None:
@@ -180,115 +222,133 @@ def main(args):
         opt.load_state_dict(resume_ckpt["opt"])
         step = resume_ckpt["step"]
         common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
-    model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    sampler = iter(common.StepSampler(len(latents), args.batch_size, rank, world, args.seed, step))
+    ddp_ids = [device.index] if device.type == "cuda" else None
+    model_ddp = DDP(model, device_ids=ddp_ids) if world > 1 else model
+    sampler = iter(data.StepSampler(len(latents), args.batch_size, rank, world, args.seed, step))
     local_batch = args.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    # ------------------------------------------------------------------ outputs (only now: inputs are valid)
+    # ------------------------------------------------------------------ outputs (the input is valid)
+    last_path = os.path.join(args.out, "last.pt")
+    grid_path = os.path.join(args.out, "samples.png")
     if master:
         os.makedirs(args.out, exist_ok=True)
     log = common.RunLog(args.out, master)
-    if master:
-        header = (f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
-                  f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on {len(latents)} latents "
-                  f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, "
-                  + (f"augmented with c' in {choices}, weight {args.aug_weight}" if not args.no_augmented
-                     else "plain objective (no augmented training)")
-                  + f", {world} process(es) on {device}")
-        log.write(header)
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    objective = "plain objective (no augmented training)"
+    if not args.no_augmented:
+        objective = f"augmented with c' in {choices}, weight {args.aug_weight}"
+    log.write(f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
+              f"({n_params:.2f}M params) on {len(latents)} latents "
+              f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, {objective}, "
+              f"{world} process(es) on {device}")
 
     def save(final=False):
-        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's, so resume continues each stream
+        """Checkpoint (rank 0 writes it atomically) and the sample grid."""
+        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return
-        ckpt = {"kind": "dcae15-dit", "config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
-                "opt": opt.state_dict(), "step": step, "args": vars(args), "ae": ae_info,
-                "latent_scale": latent_scale, "num_classes": num_classes, "aug_channel_choices": choices,
-                "class_names": common.SHAPE_CLASSES if args.data == "shapes" else None, "rng": rng}
+        class_names = data.SHAPE_CLASSES if args.data == "shapes" else None
+        ckpt = dcae15.dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale,
+                                     num_classes, choices, class_names)
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
-        images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed, args.sample_steps,
-                             args.cfg_scale)
-        common.save_grid(images, os.path.join(args.out, "samples.png"), ncol=8)
+        images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
+                             args.sample_steps, args.cfg_scale)
+        common.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
-    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
+    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True,
+                file=sys.stdout)
     while step < args.max_steps:
         idx = torch.tensor([next(sampler) for _ in range(local_batch)])
-        x = latents[idx].to(device, non_blocking=True).float() * latent_scale  # scaled as the official code
+        # scaled as the official code does
+        x = latents[idx].to(device, non_blocking=True).float() * latent_scale
         y = labels[idx].to(device, non_blocking=True)
-        c_prime = None if args.no_augmented else dcae15.sample_latent_channels(choices, generator=channel_gen)
+        c_prime = None
+        if not args.no_augmented:
+            c_prime = dcae15.sample_latent_channels(choices, generator=channel_gen)
         lr = common.warmup_lr(opt, args.lr, step, args.warmup_steps)
-        model.train()
-        with autocast:
-            loss, terms = diffusion.training_loss(model_ddp, x, y, c_prime=c_prime, aug_weight=args.aug_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        common.update_ema(ema, model, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+        terms, grad_norm = train_step(model, model_ddp, ema, opt, diffusion, x, y, c_prime, step,
+                                      args, autocast)
         step += 1
         pbar.update(1)
-        log.accumulate({"loss": loss, **terms}, x.shape[0] * world)
+        log.accumulate(terms, x.shape[0] * world)
         if step % args.log_every == 0 or step == args.max_steps:
             values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
             log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f" | c' {c_prime if c_prime is not None else '-'} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
-                      + f" | {rate:.0f} latents/s")
+                      + f" | c' {c_prime if c_prime is not None else '-'}"
+                      + f" | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.0f} latents/s")
         if step % args.sample_every == 0 and step < args.max_steps:
             save()
     pbar.close()
     n_ranks = common.check_ranks_in_sync(model)
     save(final=True)
-    if master:
-        done = f"wrote {last_path} and {os.path.join(args.out, 'samples.png')}"
-        if n_ranks > 1:
-            done += f"\nDDP check: weights identical on all {n_ranks} ranks"
-        log.write(done)
+    done = f"wrote {last_path} and {grid_path}"
+    if n_ranks > 1:
+        done += f"\nDDP check: weights identical on all {n_ranks} ranks"
+    log.write(done)
     log.close()
     common.cleanup_distributed()
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a latent DiT with DC-AE 1.5 augmented diffusion training.",
+    p = argparse.ArgumentParser(description="Train a latent DiT with DC-AE 1.5 augmented diffusion "
+                                            "training.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ae-ckpt", default=None, help="train_ae.py checkpoint, or an official DC-AE file (+ --ae-config)")
-    p.add_argument("--ae-config", default=None, help=f"preset of an official AE file: {', '.join(dcae15.DCAE_CONFIGS)}")
+    p.add_argument("--ae-ckpt", default=None,
+                   help="train_ae.py checkpoint, or an official DC-AE file (+ --ae-config)")
+    p.add_argument("--ae-config", default=None,
+                   help=f"preset of an official AE file: {', '.join(dcae15.DCAE_CONFIGS)}")
     p.add_argument("--latent-scale", type=float, default=None,
                    help="latent scaling factor (default: the one stored with the AE / the official one)")
-    p.add_argument("--model", default="DiT-classroom", help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
-    p.add_argument("--patch-size", type=int, default=1, help="DiT patch size (1 for DC-AE latents, as official)")
-    p.add_argument("--data", default="shapes", choices=["shapes", "imagefolder", "cifar10"], help="training images")
+    p.add_argument("--model", default="DiT-classroom",
+                   help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
+    p.add_argument("--patch-size", type=int, default=1,
+                   help="DiT patch size (1 for DC-AE latents, as official)")
+    p.add_argument("--data", default="shapes", choices=data.DATASETS, help="training images")
     p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
-    p.add_argument("--image-size", type=int, default=64, help="image resolution (latent size = this / compression)")
-    p.add_argument("--max-images", type=int, default=10000, help="encode at most this many training images (0: all)")
-    p.add_argument("--flip", action="store_true", help="also train on mirrored images (the official code does not)")
-    p.add_argument("--cache-dir", default="runs/latent_cache", help="where latent caches are kept and reused")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="image resolution (latent size = this / compression)")
+    p.add_argument("--max-images", type=int, default=10000,
+                   help="encode at most this many training images (0: all)")
+    p.add_argument("--flip", action="store_true",
+                   help="also train on mirrored images (the official code does not)")
+    p.add_argument("--cache-dir", default="runs/latent_cache",
+                   help="where latent caches are kept and reused")
     p.add_argument("--encode-batch-size", type=int, default=64, help="batch size of the one-off encoding")
     p.add_argument("--out", default="runs/dit", help="run folder: last.pt, log.txt, samples.png")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt left it")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly where last.pt left it")
     p.add_argument("--aug-channel-choices", default=None,
-                   help="comma-separated c' values for the augmented loss (default: multiples of c/8 below c)")
+                   help="comma-separated c' values for the augmented loss (default: multiples of c/8 "
+                        "below c)")
     p.add_argument("--aug-weight", type=float, default=1.0,
                    help="w in (L_full + w L_masked) / (1 + w); 1 = the official mean of the two passes")
-    p.add_argument("--no-augmented", action="store_true", help="plain diffusion objective (the baseline)")
+    p.add_argument("--no-augmented", action="store_true",
+                   help="plain diffusion objective (the baseline)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
     p.add_argument("--max-steps", type=int, default=4400, help="training steps")
     p.add_argument("--lr", type=float, default=1e-3,
-                   help="AdamW learning rate; 1e-3 suits the small classroom DiT (official DiT-XL: 1e-4 at batch 256)")
+                   help="AdamW learning rate; 1e-3 suits the small classroom DiT (official DiT-XL: "
+                        "1e-4 at batch 256)")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warmup")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--ema-decay", type=float, default=0.995,
-                   help="EMA decay; short classroom runs need a short average (the official runs use 0.9999)")
-    p.add_argument("--ema-warmup", type=int, default=200, help="EMA warmup: decay * (1 - exp(-step / warmup))")
+                   help="EMA decay; short classroom runs need a short average (the official runs use "
+                        "0.9999)")
+    p.add_argument("--ema-warmup", type=int, default=200,
+                   help="EMA warmup: decay * (1 - exp(-step / warmup))")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the periodic sample grid")
-    p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the periodic sample grid")
+    p.add_argument("--cfg-scale", type=float, default=4.0,
+                   help="guidance scale of the periodic sample grid")
     p.add_argument("--log-every", type=int, default=400, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=2000, help="steps between last.pt + samples.png updates")
-    p.add_argument("--save-every", type=int, default=0, help="also keep step_NNNNNNN.pt every N steps (0: never)")
+    p.add_argument("--sample-every", type=int, default=2000,
+                   help="steps between last.pt + samples.png updates")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, c', noise and t")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
@@ -297,5 +357,5 @@ def build_parser():
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message, not a traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message
         sys.exit(f"train_dit.py: error: {err}")

@@ -44,3 +44,43 @@ def test_measure_latent_scale(tiny_ae):
     assert dcae15.measure_latent_scale(tiny_ae, batches) == pytest.approx(1 / math.sqrt(z.pow(2).mean().item()), rel=1e-5)
     with pytest.raises(ValueError):
         dcae15.measure_latent_scale(tiny_ae, [])
+
+
+def test_corrupt_files_give_one_line_errors(tmp_path, tiny_ae):
+    good = str(tmp_path / "good.pt")
+    dcae15.save_checkpoint({"model": tiny_ae.state_dict()}, good)
+    raw = open(good, "rb").read()
+    truncated, garbage = tmp_path / "truncated.pt", tmp_path / "garbage.pt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    garbage.write_bytes(b"this is not a checkpoint at all")
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError) as err:
+            dcae15.load_checkpoint(str(path))
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+        with pytest.raises(ValueError, match="truncated or corrupt|not a PyTorch checkpoint"):
+            dcae15.read_state_dict(str(path))  # the official-weights path reports the same way
+    pickled = tmp_path / "pickled.pt"
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=1.0)}, pickled)
+    with pytest.raises(ValueError, match="pickled Python objects") as err:
+        dcae15.load_checkpoint(str(pickled))
+    assert str(pickled) in str(err.value)
+
+
+def test_scripts_report_a_truncated_checkpoint_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 half a zip file")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for script, args in (("sample.py", ["--ckpt", str(bad)]),
+                         ("train_dit.py", ["--ae-ckpt", str(bad), "--out", str(tmp_path / "dit")])):
+        proc = subprocess.run([sys.executable, os.path.join(root, script), *args], capture_output=True,
+                              text=True, cwd=root, env=env, timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0] and "truncated or corrupt" in lines[0], lines
+        assert not (tmp_path / "dit").exists()

@@ -1,4 +1,5 @@
-"""The built-in shapes dataset and the resumable distributed sampler."""
+"""data.py: the built-in shapes dataset, image folders, CIFAR-10, the resumable distributed sampler;
+and common.psnr."""
 
 import math
 
@@ -6,16 +7,17 @@ import pytest
 import torch
 
 import common
+import data
 
 
 def test_shapes_deterministic_per_index_and_split():
-    a, b = common.ShapesDataset("train", image_size=32, seed=0), common.ShapesDataset("train", image_size=32, seed=0)
+    a, b = data.ShapesDataset("train", image_size=32, seed=0), data.ShapesDataset("train", image_size=32, seed=0)
     x, y = a[123]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
     assert torch.equal(x, b[123][0]) and y == b[123][1] == 3  # label = index % 10
     assert not torch.equal(x, a[133][0])  # same class, another image
-    assert not torch.equal(x, common.ShapesDataset("val", image_size=32)[123][0])
-    assert not torch.equal(x, common.ShapesDataset("train", image_size=32, seed=1)[123][0])
+    assert not torch.equal(x, data.ShapesDataset("val", image_size=32)[123][0])
+    assert not torch.equal(x, data.ShapesDataset("train", image_size=32, seed=1)[123][0])
     assert torch.bincount(torch.tensor([a[i][1] for i in range(100)])).tolist() == [10] * 10
     with pytest.raises(IndexError):
         a[len(a)]
@@ -26,12 +28,12 @@ def test_shape_classes_are_distinct_under_rotation():
     c = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
     gy, gx = torch.meshgrid(c, c, indexing="ij")
     masks = []
-    for cls in range(len(common.SHAPE_CLASSES)):
+    for cls in range(len(data.SHAPE_CLASSES)):
         rotated = []
         for k in range(24):  # every 15 degrees
             a = 2 * math.pi * k / 24
             u, v = math.cos(a) * gx + math.sin(a) * gy, -math.sin(a) * gx + math.cos(a) * gy
-            rotated.append(common.shape_mask(cls, u, v).float())
+            rotated.append(data.shape_mask(cls, u, v).float())
         masks.append(torch.stack(rotated))
         assert 0.05 < rotated[0].mean() < 0.7  # a visible object that fits the frame
     for i in range(len(masks)):
@@ -39,7 +41,7 @@ def test_shape_classes_are_distinct_under_rotation():
             inter = (masks[i][:1] * masks[j]).sum(dim=(1, 2))
             union = ((masks[i][:1] + masks[j]) > 0).float().sum(dim=(1, 2))
             best_iou = (inter / union).max().item()  # shape j at its best rotation against shape i
-            assert best_iou < 0.85, (common.SHAPE_CLASSES[i], common.SHAPE_CLASSES[j], best_iou)
+            assert best_iou < 0.85, (data.SHAPE_CLASSES[i], data.SHAPE_CLASSES[j], best_iou)
 
 
 def _steps(sampler, n_steps):
@@ -48,17 +50,17 @@ def _steps(sampler, n_steps):
 
 
 def test_step_sampler_resume_and_world_size_independence():
-    full = _steps(common.StepSampler(103, 8, 0, 1, seed=5), 30)  # crosses epochs (12 steps each)
-    assert _steps(common.StepSampler(103, 8, 0, 1, seed=5, start_step=17), 13) == full[17:]
+    full = _steps(data.StepSampler(103, 8, 0, 1, seed=5), 30)  # crosses epochs (12 steps each)
+    assert _steps(data.StepSampler(103, 8, 0, 1, seed=5, start_step=17), 13) == full[17:]
     for k in (0, 12, 25):  # epoch boundaries: each epoch is a fresh permutation
         assert len(set(full[k])) == 8
     assert set(sum(full[:12], [])) != set(sum(full[12:24], [])) or full[:12] != full[12:24]
-    ranks = [_steps(common.StepSampler(103, 8, r, 2, seed=5), 30) for r in range(2)]
+    ranks = [_steps(data.StepSampler(103, 8, r, 2, seed=5), 30) for r in range(2)]
     for k in range(30):  # two ranks see disjoint halves of the same global batch
         assert ranks[0][k] + ranks[1][k] == full[k]
         assert not set(ranks[0][k]) & set(ranks[1][k])
     with pytest.raises(ValueError, match="divisible"):
-        common.StepSampler(103, 8, 0, 3, seed=0)
+        data.StepSampler(103, 8, 0, 3, seed=0)
 
 
 def test_psnr_closed_form():
@@ -74,9 +76,9 @@ def test_adm_center_crop():
     from PIL import Image
 
     img = Image.new("RGB", (300, 200), (10, 20, 30))
-    out = common.adm_center_crop(img, 64)
+    out = data.adm_center_crop(img, 64)
     assert out.size == (64, 64)
-    x = common.to_tensor_m11(out)
+    x = data.pil_to_tensor(out)
     assert x.shape == (3, 64, 64) and torch.allclose(x[:, 0, 0], torch.tensor([10, 20, 30]) / 127.5 - 1)
 
 
@@ -87,7 +89,7 @@ def test_imagefolder_and_offline_cifar(tmp_path, monkeypatch):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (40, 30), (100 * i, 50, 200 * label)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    ds = common.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"))
+    ds = data.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"))
     x, y = ds[3]
     assert len(ds) == 4 and ds.num_classes == 2 and x.shape == (3, 16, 16) and y == 1
     torch.testing.assert_close(x[:, 8, 8], torch.tensor([100, 50, 200]) / 127.5 - 1)
@@ -99,4 +101,4 @@ def test_imagefolder_and_offline_cifar(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(FileNotFoundError, match="could not be downloaded.*--data shapes"):
-        common.build_dataset("cifar10", "train", 32, str(tmp_path / "cifar"))
+        data.build_dataset("cifar10", "train", 32, str(tmp_path / "cifar"))

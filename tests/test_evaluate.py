@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 import common
+import data
 import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,7 @@ def test_commands_end_to_end(tmp_path):
     ref = str(tmp_path / "ref.npz")
     proc = run(["ref", "--image-size", "16", "--num-images", "3", "--inception-weights", weights, "--out", ref])
     assert proc.returncode == 0, proc.stderr
-    ds = common.ShapesDataset("train", image_size=16)
+    ds = data.ShapesDataset("train", image_size=16)
     imgs = common.to_uint8(torch.stack([ds[i][0] for i in range(3)])).permute(0, 2, 3, 1).numpy()
     np.savez(tmp_path / "same.npz", arr_0=imgs)
     proc = run(["fid", "--samples", str(tmp_path / "same.npz"), "--ref", ref, "--inception-weights", weights,

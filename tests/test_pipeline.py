@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import common
+import data
+import dcae15
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +45,8 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     assert "latent cache: reusing" in second.stdout
     (path,) = [f for f in os.listdir(work / "cache")]  # one file, no leftover shards
     cache = torch.load(work / "cache" / path, weights_only=True)
-    ae, scale, _ = common.load_autoencoder(str(work / "ae" / "last.pt"))
-    ds = common.ShapesDataset("train", image_size=16)
+    ae, scale, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
+    ds = data.ShapesDataset("train", image_size=16)
     x = torch.stack([ds[i][0] for i in range(40)])
     torch.testing.assert_close(cache["latents"], ae.encode(x), rtol=0, atol=1e-5)
     assert cache["labels"].tolist() == [i % 10 for i in range(40)]
@@ -134,8 +136,8 @@ def test_evaluate_classes(work):
 def test_judge_reconstructions_keep_labels(work):
     import evaluate
 
-    ae, _, _ = common.load_autoencoder(str(work / "ae" / "last.pt"))
-    ds = common.ShapesDataset("val", image_size=16)
+    ae, _, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
+    ds = data.ShapesDataset("val", image_size=16)
     x, y = evaluate.reconstructions(ae, ds, 23, 10, torch.device("cpu"), "test")
     assert x.dtype == torch.uint8 and x.shape == (23, 3, 16, 16) and y.tolist() == [ds[i][1] for i in range(23)]
     with torch.no_grad():  # the same images as reconstructing one at a time (up to a rounding step)
