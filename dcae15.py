@@ -786,10 +786,12 @@ def sincos_pos_embed_2d(dim, grid_size):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT predicting the noise eps of a latent x_t; any number of channels.
+    """Class-conditional DiT on a noisy latent x_t; any number of channels.
 
-    NOTE: we predict eps only (no learned variance, learn_sigma=False): the DDIM sampler does not
-    need it. The official DiT-XL baseline learns sigma with a variational bound term.
+    It predicts the noise eps (GaussianDiffusion) or the velocity x_0 - eps (FlowMatching): the
+    network is the same, the objective decides what its output means.
+    NOTE: no learned variance (learn_sigma=False): the DDIM sampler does not need it. The official
+    DiT-XL baseline learns sigma with a variational bound term; its SiT-XL does not.
     """
 
     def __init__(self, cfg: DiTConfig):
@@ -836,7 +838,7 @@ class DiT(nn.Module):
         x = x.view(x.shape[0], h, w, p, p, C)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], C, h * p, w * p)
 
-    def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps: (B, C, H, W)
+    def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps or v: (B, C, H, W)
         # patchify: a p x p conv with stride p turns each patch into one token; N = (H/p) * (W/p)
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         # (B, D): the condition every block is modulated by
@@ -851,21 +853,70 @@ class DiT(nn.Module):
         # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code
         # guides all.
         both = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        eps_cond, eps_uncond = both.chunk(2)
-        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+        cond, uncond = both.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
 
 
 # ==================================================================================================
-# 7. Diffusion objective with augmented diffusion training, and the DDIM sampler
+# 7. Diffusion objectives with augmented diffusion training, and their samplers
 # ==================================================================================================
+#
+# Two objectives, one interface: `training_loss(model, x0, y, c_prime, aug_weight)` and
+# `sample(model, shape, y, steps, method, cfg_scale, latent_channels)`.
+#   GaussianDiffusion  DDPM eps-prediction (DiT's objective), sampled with DDIM.
+#   FlowMatching       the linear-interpolant velocity objective of SiT / USiT, which the paper's
+#                      headline DC-AE 1.5 models use, sampled with an Euler or Heun ODE solver.
+# Both train with the same DC-AE 1.5 augmentation, `augmented_training_loss`.
+
+
+def augmented_training_loss(masked_loss, model, x0, y, c_prime=None, aug_weight=1.0,
+                            generator=None):
+    """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
+
+    `masked_loss(model, x0, y, mask, generator)` is an objective's per-sample loss on the channels a
+    mask keeps (the model sees x_t * mask, the error counts where the mask is 1). With w = 1 this is
+    the official trainer's mean over a full-channel pass and a c' pass of the same latents, each
+    with its own t and noise. Both passes run as one batch of 2B (one forward, as DDP wants). The
+    model is not told c'. c_prime=None (or w = 0) gives the plain objective, the baseline. Returns
+    (loss, {"loss_full", "loss_masked"}).
+    """
+    if c_prime is None or aug_weight == 0:
+        loss_full = masked_loss(model, x0, y, None, generator).mean()
+        return loss_full, {"loss_full": loss_full.detach()}
+    B, C = x0.shape[:2]
+    mask = torch.cat([torch.ones(B, C, 1, 1, device=x0.device),
+                      channel_mask(C, c_prime, device=x0.device).expand(B, -1, -1, -1)])
+    losses = masked_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask, generator)
+    loss_full, loss_masked = losses[:B].mean(), losses[B:].mean()
+    loss = (loss_full + aug_weight * loss_masked) / (1 + aug_weight)
+    return loss, {"loss_full": loss_full.detach(), "loss_masked": loss_masked.detach()}
+
+
+def masked_mse(target, prediction, mask):
+    """Per-sample mean squared error over the elements `mask` keeps (c' H W of them), in fp32.
+
+    Normalising by the kept elements (not by C H W) matches the official code, which runs the model
+    on the first c' channels and takes a plain mean.
+    """
+    sq_err = ((target - prediction.float()) * mask).pow(2)
+    kept = mask.expand_as(target).sum(dim=(1, 2, 3))  # c' * H * W per sample
+    return sq_err.sum(dim=(1, 2, 3)) / kept
+
+
+def guided(model, x, t, y, cfg_scale):
+    """The model's output, with classifier-free guidance when cfg_scale != 1."""
+    return model.forward_with_cfg(x, t, y, cfg_scale) if cfg_scale != 1.0 else model(x, t, y)
 
 
 class GaussianDiffusion:
     """DDPM forward process x_t = alpha_t x_0 + sigma_t eps, linear betas 1e-4 .. 0.02, 1000 steps.
 
     alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), as in DiT / the official
-    GaussianDiffusion.
+    GaussianDiffusion. The model predicts eps from (x_t, integer t, y).
     """
+
+    name = "ddpm"
+    methods = ("ddim",)  # samplers; the first is the default
 
     def __init__(self, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
         self.num_timesteps = num_timesteps
@@ -886,9 +937,7 @@ class GaussianDiffusion:
         """||eps * mask - eps_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,) losses.
 
         mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`, one row or one
-        per sample) gives the DC-AE 1.5 augmented objective. Normalising by c' * H * W (not C * H *
-        W) matches the official code, which runs the model on the first c' channels and takes a
-        plain mean. The model is not told c'.
+        per sample) gives the DC-AE 1.5 augmented objective.
         """
         B = x0.shape[0]
         # every sample draws its own t ~ U{0..T-1} and noise
@@ -900,31 +949,19 @@ class GaussianDiffusion:
         # exactly 0, the input the official code gives its patch embedding when it slices the conv
         # to c' channels.
         x_t = self.q_sample(x0, t, noise) * mask
-        eps_pred = model(x_t, t, y)
-        # the loss is taken in fp32 under autocast
-        sq_err = ((noise - eps_pred.float()) * mask).pow(2)
-        kept = mask.expand_as(x0).sum(dim=(1, 2, 3))  # c' * H * W per sample
-        return sq_err.sum(dim=(1, 2, 3)) / kept
+        return masked_mse(noise, model(x_t, t, y), mask)
 
     def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
-        """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
+        """See `augmented_training_loss`; returns (loss, {"loss_full", "loss_masked"})."""
+        return augmented_training_loss(self.diffusion_loss, model, x0, y, c_prime, aug_weight,
+                                       generator)
 
-        With w = 1 this is the official trainer's mean over a full-channel pass and a c' pass of the
-        same latents, each with its own t and noise. Both passes run as one batch of 2B (one
-        forward, as DDP wants). c_prime=None (or w = 0) gives the plain objective, the baseline.
-        Returns (loss, {"loss_full", "loss_masked"}).
-        """
-        if c_prime is None or aug_weight == 0:
-            loss_full = self.diffusion_loss(model, x0, y, generator=generator).mean()
-            return loss_full, {"loss_full": loss_full.detach()}
-        B, C = x0.shape[:2]
-        mask = torch.cat([torch.ones(B, C, 1, 1, device=x0.device),
-                          channel_mask(C, c_prime, device=x0.device).expand(B, -1, -1, -1)])
-        losses = self.diffusion_loss(model, torch.cat([x0, x0]), torch.cat([y, y]), mask=mask,
-                                     generator=generator)
-        loss_full, loss_masked = losses[:B].mean(), losses[B:].mean()
-        loss = (loss_full + aug_weight * loss_masked) / (1 + aug_weight)
-        return loss, {"loss_full": loss_full.detach(), "loss_masked": loss_masked.detach()}
+    def sample(self, model, shape, y, steps=50, method="ddim", cfg_scale=1.0, generator=None,
+               latent_channels=None, eta=0.0):
+        """The sampler entry point shared with FlowMatching; DDPM samples with DDIM."""
+        if method != "ddim":
+            raise ValueError(f"a DDPM model samples with method 'ddim', not {method!r}")
+        return self.ddim_sample(model, shape, y, steps, eta, cfg_scale, generator, latent_channels)
 
     @torch.no_grad()
     def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None,
@@ -949,14 +986,9 @@ class GaussianDiffusion:
         abar = self.alphas_cumprod
         for i, t in enumerate(ts):
             t_batch = torch.full((B,), t, device=device, dtype=torch.long)
-            if cfg_scale != 1.0:
-                eps = model.forward_with_cfg(x, t_batch, y, cfg_scale)
-            else:
-                eps = model(x, t_batch, y)
-            eps = eps.float() * mask
+            eps = guided(model, x, t_batch, y, cfg_scale).float() * mask
             a_t = abar[t].item()
-            # the last step lands on x_0
-            a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+            a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0  # the last lands on x_0
             # predicted clean latent; not clipped, since latents have no fixed range (official:
             # clip_denoised=False)
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
@@ -969,22 +1001,102 @@ class GaussianDiffusion:
         return x
 
 
+class FlowMatching:
+    """Flow matching with the linear interpolant: x_t = t * x_0 + (1 - t) * eps.
+
+    t = 0 is pure noise and t = 1 is data (SiT's "Linear" path, the official `SiTSampler` of the
+    USiT models). The model predicts the velocity dx_t/dt = x_0 - eps from (x_t, t, y), with the
+    float t in [0, 1] fed to the DiT's sinusoidal embedding as it is (no x1000), as the official
+    code does. Sampling integrates the ODE dx/dt = v(x, t) from t = 0 to t = 1.
+    """
+
+    name = "flow"
+    methods = ("heun", "euler")  # samplers; the first is the default
+
+    def flow_loss(self, model, x0, y, mask=None, generator=None):
+        """||(x_0 - eps) * mask - v_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,).
+
+        t ~ U[0, 1) for every sample (uniform, as the official SiT training path). mask as in
+        GaussianDiffusion.diffusion_loss: None is the plain loss, a channel mask the augmented one.
+        """
+        B = x0.shape[0]
+        t = torch.rand(B, generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if mask is None:
+            mask = torch.ones_like(x0[:1, :, :1, :1])
+        t_ = t.view(-1, 1, 1, 1)
+        x_t = (t_ * x0 + (1 - t_) * noise) * mask  # masked channels of x_t are exactly 0
+        return masked_mse(x0 - noise, model(x_t, t, y), mask)
+
+    def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
+        """See `augmented_training_loss`; returns (loss, {"loss_full", "loss_masked"})."""
+        return augmented_training_loss(self.flow_loss, model, x0, y, c_prime, aug_weight, generator)
+
+    @torch.no_grad()
+    def sample(self, model, shape, y, steps=50, method="heun", cfg_scale=1.0, generator=None,
+               latent_channels=None):
+        """Integrate dx/dt = v(x, t) from noise (t = 0) to data (t = 1) in `steps` equal intervals.
+
+        method "euler": x += dt v(x, t) (one model call per interval). "heun" (second order, two
+        calls): an Euler step to x', then x += dt (v(x, t) + v(x', t + dt)) / 2. cfg_scale and
+        latent_channels as in GaussianDiffusion.ddim_sample.
+        NOTE: the official USiT sampler is adaptive dopri5 (torchdiffeq, atol 1e-6, rtol 1e-3);
+        fixed steps of Heun's method are our simplification (no extra package, a known cost per
+        sample).
+        """
+        if method not in self.methods:
+            raise ValueError(f"a flow-matching model samples with {' or '.join(self.methods)}, "
+                             f"not {method!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        B, C = shape[0], shape[1]
+        device = y.device
+        mask = channel_mask(C, latent_channels if latent_channels is not None else C, device=device)
+        x = torch.randn(shape, generator=generator, device=device) * mask  # t = 0: pure noise
+
+        def velocity(x, t):
+            t_batch = torch.full((B,), t, device=device)
+            return guided(model, x, t_batch, y, cfg_scale).float() * mask
+
+        for i in range(steps):
+            t, dt = i / steps, 1.0 / steps
+            v = velocity(x, t)
+            if method == "euler":
+                x = x + dt * v
+            else:
+                x_next = x + dt * v
+                x = x + dt * 0.5 * (v + velocity(x_next, t + dt))
+        return x
+
+
+OBJECTIVES = {"ddpm": GaussianDiffusion, "flow": FlowMatching}
+
+
+def build_objective(name):
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]()
+
+
 @torch.no_grad()
-def generate(model, ae, latent_scale, y, generator, steps=50, eta=0.0, cfg_scale=1.0,
-             latent_channels=None):
+def generate(model, ae, latent_scale, y, generator, objective="ddpm", steps=50, method=None,
+             cfg_scale=1.0, latent_channels=None, **sampler_options):
     """Class-conditional images for labels y: sample latents, unscale them, decode.
 
-    Returns (B, 3, H, W) images in about [-1, 1], unclamped (common.to_uint8 clamps). The DiT runs
-    under bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py,
-    train_dit.py's sample grids and evaluate.py all call this, so they make the same images from the
-    same generator.
+    `objective` names the model's training objective ("ddpm" or "flow"); `method` its sampler
+    (default: the objective's first, DDIM or Heun). sampler_options: eta for DDIM. Returns
+    (B, 3, H, W) images in about [-1, 1], unclamped (common.to_uint8 clamps). The DiT runs under
+    bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py, train_dit.py's
+    sample grids and evaluate.py all call this, so they make the same images from the same
+    generator.
     """
+    objective = build_objective(objective)
     cfg = model.cfg
     shape = (len(y), cfg.in_channels, cfg.input_size, cfg.input_size)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=y.device.type == "cuda"):
-        z = GaussianDiffusion().ddim_sample(model, shape, y, steps=steps, eta=eta,
-                                            cfg_scale=cfg_scale, generator=generator,
-                                            latent_channels=latent_channels)
+        z = objective.sample(model, shape, y, steps=steps, method=method or objective.methods[0],
+                             cfg_scale=cfg_scale, generator=generator,
+                             latent_channels=latent_channels, **sampler_options)
     if latent_channels is not None:  # the rest is 0; the adaptive input conv zero-fills it anyway
         z = z[:, :latent_channels]
     return ae.decode(z.float() / latent_scale)
@@ -1057,10 +1169,12 @@ def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_c
 
 
 def dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale, num_classes,
-                   aug_channel_choices, class_names=None):
-    """The checkpoint train_dit.py writes; `ae_info` (from load_autoencoder) names its AE."""
+                   aug_channel_choices, objective, class_names=None):
+    """The checkpoint train_dit.py writes; `ae_info` (from load_autoencoder) names its AE and
+    `objective` ("ddpm" or "flow") says what the model predicts, hence how to sample it."""
     return {
         "kind": DIT_KIND,
+        "objective": objective,
         "config": cfg.to_dict(),
         "model": model.state_dict(),
         "ema": ema.state_dict(),  # what sample.py and evaluate.py load
@@ -1187,6 +1301,7 @@ def load_dit(path, ae_path=None):
         if kind == AE_KIND:
             what = "an autoencoder checkpoint (train_ae.py)"
         raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
+    ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
     model = DiT(DiTConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["ema"], strict=True)
     info = ckpt["ae"]

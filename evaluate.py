@@ -427,8 +427,8 @@ def sample_batches(args, rank, world, device):
             gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
             # random labels, as the official evaluation draws them
             y = torch.randint(model.cfg.num_classes, (size,), generator=gen, device=device)
-            images = dcae15.generate(model, ae, ckpt["latent_scale"], y, gen, args.steps,
-                                     cfg_scale=args.cfg_scale)
+            images = dcae15.generate(model, ae, ckpt["latent_scale"], y, gen, ckpt["objective"],
+                                     args.steps, cfg_scale=args.cfg_scale)
             yield common.to_uint8(images)
 
 
@@ -541,8 +541,8 @@ def cmd_classes(args, rank, world, device):
         for b, start in enumerate(range(0, args.num_samples, args.batch_size)):
             yb = labels[start : start + args.batch_size]
             gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)  # as sample.py
-            images = dcae15.generate(model, ae, ckpt["latent_scale"], yb.to(device), gen, args.steps,
-                                     cfg_scale=scale)
+            images = dcae15.generate(model, ae, ckpt["latent_scale"], yb.to(device), gen,
+                                     ckpt["objective"], args.steps, cfg_scale=scale)
             hits += accuracy(common.to_uint8(images), yb) * len(yb)
         result["samples"][str(scale)] = hits / args.num_samples
     print(f"judge: a small CNN trained {args.judge_steps} steps on the AE's reconstructions of "
@@ -618,7 +618,8 @@ def build_parser():
     f.add_argument("--ckpt", default=None,
                    help="a train_dit.py checkpoint to sample on the fly (random labels)")
     f.add_argument("--num-samples", type=int, default=10000, help="with --ckpt: how many samples")
-    f.add_argument("--steps", type=int, default=50, help="with --ckpt: DDIM steps")
+    f.add_argument("--steps", type=int, default=50,
+                   help="with --ckpt: sampler steps (DDIM, or Heun for flow checkpoints)")
     f.add_argument("--cfg-scale", type=float, default=1.5,
                    help="with --ckpt: guidance scale (official FID: 1.5)")
     f.add_argument("--ref", default=None, help="reference statistics .npz (mu, sigma)")
@@ -639,7 +640,8 @@ def build_parser():
     c.add_argument("--num-samples", type=int, default=200,
                    help="samples per guidance scale (classes in turn)")
     c.add_argument("--cfg-scales", default="1,4", help="comma-separated guidance scales")
-    c.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    c.add_argument("--steps", type=int, default=50,
+                   help="sampler steps (DDIM, or Heun for flow checkpoints)")
     c.add_argument("--num-images", type=int, default=20000,
                    help="training images the judge learns from")
     c.add_argument("--judge-steps", type=int, default=1200,

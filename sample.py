@@ -7,8 +7,9 @@ Sample class-conditional images from a trained DiT (EMA weights) and decode them
     torchrun --nproc_per_node=8 sample.py --ckpt runs/dit/last.pt --num-samples 50000 \
         --npz samples.npz --cfg-scale 1.5 --steps 100
 
-Batch b of the samples draws its noise from a generator seeded by (--seed, b), so the same seed and
-batch size give the same images, whatever the number of processes.
+The sampler follows the checkpoint's objective: DDIM for DDPM models, Heun (or Euler, --sampler) for
+flow-matching models. Batch b of the samples draws its noise from a generator seeded by (--seed, b),
+so the same seed and batch size give the same images, whatever the number of processes.
 """
 
 import argparse
@@ -52,6 +53,14 @@ def main(args):
                          f"got {c_prime}")
     if not 1 <= args.steps <= 1000:
         raise ValueError(f"--steps must be in [1, 1000], got {args.steps}")
+    objective = dcae15.build_objective(ckpt["objective"])
+    sampler = args.sampler or objective.methods[0]
+    if sampler not in objective.methods:
+        raise ValueError(f"--sampler {sampler} does not fit this {objective.name} checkpoint; "
+                         f"choose {' or '.join(objective.methods)}")
+    options = {"eta": args.eta} if sampler == "ddim" else {}
+    if args.eta != 0 and sampler != "ddim":
+        raise ValueError("--eta applies to the DDIM sampler of DDPM checkpoints only")
     default_out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"sample_seed{args.seed}.png")
     out = args.out or default_out
 
@@ -65,7 +74,8 @@ def main(args):
     for b in tqdm(mine, desc="sampling", disable=rank != 0, file=sys.stdout):
         y = torch.tensor(labels[b * args.batch_size : (b + 1) * args.batch_size], device=device)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
-        x = dcae15.generate(model, ae, scale, y, gen, args.steps, args.eta, args.cfg_scale, c_prime)
+        x = dcae15.generate(model, ae, scale, y, gen, objective.name, args.steps, sampler,
+                            args.cfg_scale, c_prime, **options)
         images[b] = common.to_uint8(x).permute(0, 2, 3, 1).cpu()  # (B, H, W, 3)
 
     # ------------------------------------------------------------------ the grid and the .npz (rank 0)
@@ -79,8 +89,9 @@ def main(args):
         ncol = min(cfg.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
         common.save_grid(grid, out, ncol=ncol)
         partial = f", first {c_prime} channels" if c_prime else ""
+        eta = f", eta {args.eta}" if sampler == "ddim" else ""
         print(f"wrote {out} ({len(grid)} of {len(all_images)} samples, cfg {args.cfg_scale}, "
-              f"{args.steps} DDIM steps, eta {args.eta}{partial})")
+              f"{args.steps} {sampler} steps{eta}{partial})")
         if args.npz:
             # ADM-style: arr_0 = uint8 (N, H, W, 3), arr_1 = labels
             common.save_npz(args.npz, arr_0=all_images.numpy(), arr_1=np.array(labels, dtype=np.int64))
@@ -99,8 +110,14 @@ def build_parser():
                    help="comma-separated labels, repeated (default: cycle all classes)")
     p.add_argument("--cfg-scale", type=float, default=4.0,
                    help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral")
+    p.add_argument("--steps", type=int, default=50,
+                   help="sampler steps (DDIM steps, or ODE intervals for flow: Heun makes 2 model "
+                        "calls per interval)")
+    p.add_argument("--sampler", default=None, choices=["ddim", "euler", "heun"],
+                   help="ddim for DDPM checkpoints; euler or heun for flow-matching checkpoints "
+                        "(default: ddim / heun, from the checkpoint's objective)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM eta: 0 deterministic, 1 ancestral (DDPM checkpoints only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--latent-channels", type=int, default=None,
                    help="generate only the first c' latent channels (the rest zero): what the object "

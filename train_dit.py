@@ -9,9 +9,10 @@ Train a class-conditional latent DiT with DC-AE 1.5's augmented diffusion traini
         --data imagefolder --data-path /data/imagenet --image-size 512 --model DiT-XL --batch-size 256 \
         --lr 1e-4
 
-The training images are encoded once into a latent cache (keyed by dataset, resolution, autoencoder and
-flip), then the DiT trains on the cached latents multiplied by the latent scaling factor, as the
-official code does. Each step adds the diffusion loss on the first c' channels (DC-AE 1.5 Sec. 3):
+The training images are encoded once into a latent cache (keyed by dataset, resolution, autoencoder
+and flip), then the DiT trains on the cached latents multiplied by the latent scaling factor, as the
+official code does. --objective picks DDPM (eps-prediction, DiT) or flow matching (velocity, SiT /
+USiT, the paper's main models). Each step adds the loss on the first c' channels (DC-AE 1.5 Sec. 3):
 loss = (L_full + w * L_masked(c')) / (1 + w), with c' drawn from --aug-channel-choices.
 """
 
@@ -168,17 +169,20 @@ def train_step(model, model_ddp, ema, opt, diffusion, x, y, c_prime, step, args,
     return {"loss": loss, **terms}, grad_norm
 
 
-def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, steps, cfg_scale):
+def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, objective, steps,
+                cfg_scale):
     """per_class samples of each of the first <= 10 classes, decoded to images; rows are classes."""
     y = torch.arange(min(num_classes, 10), device=device).repeat_interleave(per_class)
     generator = torch.Generator(device).manual_seed(seed)
-    return dcae15.generate(model, ae, latent_scale, y, generator, steps, cfg_scale=cfg_scale)
+    return dcae15.generate(model, ae, latent_scale, y, generator, objective, steps,
+                           cfg_scale=cfg_scale)
 
 
 def main(args):
     # ------------------------------------------------------------------ check the input, before any work
     resume_ckpt = common.checkpoint_to_resume(args, dcae15.DIT_KIND)
     if resume_ckpt is not None:
+        resume_ckpt["args"].setdefault("objective", "ddpm")  # runs from before flow matching
         common.adopt_run_flags(args, resume_ckpt["args"], build_parser(), RESUME_FREE_ARGS)
     if args.ae_ckpt is None:
         raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file "
@@ -211,7 +215,7 @@ def main(args):
     if resume_ckpt is not None:
         cfg = dcae15.DiTConfig.from_dict(resume_ckpt["config"])
     model, ema, opt = build_model(cfg, args, device)
-    diffusion = dcae15.GaussianDiffusion()
+    diffusion = dcae15.build_objective(args.objective)
     # per-rank c', as the official trainer draws it
     channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     torch.manual_seed(args.seed * 1000 + rank)  # per-rank t, noise and label dropout
@@ -235,13 +239,13 @@ def main(args):
         os.makedirs(args.out, exist_ok=True)
     log = common.RunLog(args.out, master)
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    objective = "plain objective (no augmented training)"
+    augmentation = "plain (no augmented training)"
     if not args.no_augmented:
-        objective = f"augmented with c' in {choices}, weight {args.aug_weight}"
+        augmentation = f"augmented with c' in {choices}, weight {args.aug_weight}"
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
               f"({n_params:.2f}M params) on {len(latents)} latents "
-              f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, {objective}, "
-              f"{world} process(es) on {device}")
+              f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, objective "
+              f"{args.objective}, {augmentation}, {world} process(es) on {device}")
 
     def save(final=False):
         """Checkpoint (rank 0 writes it atomically) and the sample grid."""
@@ -250,12 +254,12 @@ def main(args):
             return
         class_names = data.SHAPE_CLASSES if args.data == "shapes" else None
         ckpt = dcae15.dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale,
-                                     num_classes, choices, class_names)
+                                     num_classes, choices, args.objective, class_names)
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
         images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
-                             args.sample_steps, args.cfg_scale)
+                             args.objective, args.sample_steps, args.cfg_scale)
         common.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
@@ -321,6 +325,9 @@ def build_parser():
     p.add_argument("--out", default="runs/dit", help="run folder: last.pt, log.txt, samples.png")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where last.pt left it")
+    p.add_argument("--objective", default="ddpm", choices=sorted(dcae15.OBJECTIVES),
+                   help="ddpm: eps-prediction (DiT), sampled with DDIM; flow: flow matching with the "
+                        "linear interpolant (SiT / USiT), sampled with Heun")
     p.add_argument("--aug-channel-choices", default=None,
                    help="comma-separated c' values for the augmented loss (default: multiples of c/8 "
                         "below c)")
@@ -341,7 +348,8 @@ def build_parser():
                         "0.9999)")
     p.add_argument("--ema-warmup", type=int, default=200,
                    help="EMA warmup: decay * (1 - exp(-step / warmup))")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the periodic sample grid")
+    p.add_argument("--sample-steps", type=int, default=50,
+                   help="sampler steps of the periodic sample grid (DDIM, or Heun for flow)")
     p.add_argument("--cfg-scale", type=float, default=4.0,
                    help="guidance scale of the periodic sample grid")
     p.add_argument("--log-every", type=int, default=400, help="steps between log lines")

@@ -1,9 +1,6 @@
 """evaluate.py: the FID Inception, Fréchet distance, streaming statistics, PSNR/SSIM, and the commands."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +11,8 @@ import torchvision
 import common
 import data
 import evaluate
+from helpers import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +96,13 @@ def test_ssim_known_pairs():
 
 
 def run(args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
-    return proc
+    return run_script("evaluate.py", args, check=False)
 
 
 def test_commands_end_to_end(tmp_path):
     # a tiny AE checkpoint and random-weight Inception "FID weights"
-    subprocess.run([sys.executable, os.path.join(ROOT, "train_ae.py"), "--model", "dc-ae-tiny", "--image-size", "16",
-                    "--batch-size", "4", "--max-steps", "2", "--perceptual", "off", "--out", str(tmp_path / "ae")],
-                   check=True, capture_output=True, cwd=ROOT)
+    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4",
+                               "--max-steps", "2", "--perceptual", "off", "--out", str(tmp_path / "ae")])
     weights = str(tmp_path / "inception.pth")
     torch.manual_seed(0)
     torch.save(evaluate.FIDInception().net.state_dict(), weights)

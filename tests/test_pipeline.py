@@ -1,27 +1,23 @@
-"""AE checkpoint -> latent cache -> DiT training -> sample.py, as subprocesses on tiny settings."""
+"""AE checkpoint -> latent cache -> DiT training -> sample.py -> evaluate.py, the scripts run as a user
+runs them (tests/helpers.py), on tiny settings."""
 
 import os
-import subprocess
-import sys
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
 import common
+from helpers import run_script
 import data
 import dcae15
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(script, args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_script(script, args, check)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +115,6 @@ def test_evaluate_classes(work):
                                "--judge-steps", "3", "--num-samples", "7", "--batch-size", "4", "--steps", "2",
                                "--cfg-scales", "1,3", "--json", str(out)])
     assert "val reconstructions right" in proc.stdout
-    import json
-
     result = json.loads(out.read_text())
     assert 0 <= result["ceiling"] <= 1 and sorted(result["samples"]) == ["1.0", "3.0"]
     for acc in result["samples"].values():  # a share of 7 samples (batches of 4 and 3 weighted by their size)
@@ -142,3 +136,57 @@ def test_judge_reconstructions_keep_labels(work):
     assert x.dtype == torch.uint8 and x.shape == (23, 3, 16, 16) and y.tolist() == [ds[i][1] for i in range(23)]
     with torch.no_grad():  # the same images as reconstructing one at a time (up to a rounding step)
         assert (x[17].int() - common.to_uint8(ae(ds[17][0][None])[0])[0].int()).abs().max() <= 1
+
+
+def test_flow_checkpoint_trains_resumes_samples_and_is_evaluated(work):
+    flow = ["--objective", "flow"]
+    run("train_dit.py", dit_args(work, work / "flow_straight", steps=4, extra=flow))
+    run("train_dit.py", dit_args(work, work / "flow_split", steps=2, extra=flow))
+    proc = run("train_dit.py", dit_args(work, work / "flow_split", steps=4, extra=["--resume"]))
+    assert "objective flow" in proc.stdout  # the run's objective, adopted on resume
+    a = torch.load(work / "flow_straight" / "last.pt", weights_only=True)
+    b = torch.load(work / "flow_split" / "last.pt", weights_only=True)
+    assert a["objective"] == b["objective"] == "flow" and b["step"] == 4
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+    ckpt, png = str(work / "flow_straight" / "last.pt"), work / "flow.png"
+    common_args = ["--ckpt", ckpt, "--num-samples", "6", "--batch-size", "4", "--steps", "3", "--out", png]
+    arrays = {}  # (a 4-step DiT is still ~0 everywhere: Euler and Heun differ only in test_flow.py)
+    for sampler in ("euler", "heun"):
+        npz = work / f"flow_{sampler}.npz"
+        proc = run("sample.py", [*common_args, "--sampler", sampler, "--npz", npz])
+        assert f"3 {sampler} steps" in proc.stdout
+        arrays[sampler] = np.load(npz)["arr_0"]
+        assert arrays[sampler].shape == (6, 16, 16, 3)
+    default = run("sample.py", [*common_args, "--npz", work / "flow_default.npz"])
+    assert "heun steps" in default.stdout  # a flow checkpoint samples with Heun by default
+    assert np.array_equal(np.load(work / "flow_default.npz")["arr_0"], arrays["heun"])
+
+    for extra, message in ((["--sampler", "ddim"], "does not fit this flow checkpoint"),
+                           (["--eta", "1"], "--eta applies to the DDIM sampler")):
+        proc = run("sample.py", [*common_args, *extra], check=False)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    out = work / "flow_classes.json"
+    run("evaluate.py", ["classes", "--ckpt", ckpt, "--num-images", "40", "--judge-steps", "2",
+                        "--num-samples", "4", "--batch-size", "4", "--steps", "2", "--json", out])
+    assert sorted(json.loads(out.read_text())["samples"]) == ["1.0", "4.0"]
+
+
+def test_ddpm_checkpoints_old_and_new_sample_with_ddim(work):
+    run("train_dit.py", dit_args(work, work / "ddpm", steps=1))
+    path = work / "ddpm" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["objective"] == "ddpm"
+    args = ["--num-samples", "4", "--steps", "2", "--out", work / "ddpm.png"]
+    new = run("sample.py", ["--ckpt", path, *args, "--npz", work / "new.npz"])
+    assert "2 ddim steps" in new.stdout
+    # a checkpoint written before flow matching existed has no "objective": it is DDPM
+    del ckpt["objective"], ckpt["args"]["objective"]
+    old = work / "old.pt"
+    torch.save(ckpt, old)
+    run("sample.py", ["--ckpt", old, *args, "--npz", work / "old.npz"])
+    assert np.array_equal(np.load(work / "old.npz")["arr_0"], np.load(work / "new.npz")["arr_0"])
+    proc = run("sample.py", ["--ckpt", path, *args, "--sampler", "heun"], check=False)
+    assert proc.returncode != 0 and "does not fit this ddpm checkpoint; choose ddim" in proc.stderr

@@ -8,13 +8,16 @@ import pytest
 import torch
 
 import dcae15
+from helpers import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
         "--log-every", "2", "--sample-every", "2", "--gan-weight", "0.1", "--gan-start", "2", "--ema-warmup", "2"]
 
 
-def run(args, launcher=(sys.executable,), check=True):
+def run(args, launcher=None, check=True):
+    if launcher is None:  # python train_ae.py ...
+        return run_script("train_ae.py", args, check)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([*launcher, os.path.join(ROOT, "train_ae.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)

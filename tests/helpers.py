@@ -1,0 +1,49 @@
+"""Run a top-level script as `python script.py ARGS` would, inside the test process.
+
+Starting a fresh Python for every script call costs seconds of imports (torch, torchvision) each time;
+most script tests run the script here instead: `runpy` executes it as __main__ (its own argument
+parsing, its `main`, its error handling), with stdout and stderr captured and one intra-op thread, as
+the OMP_NUM_THREADS=1 subprocesses had. Tests that need a real process (torchrun, or the exact bytes a
+user sees on stderr) keep using subprocess.
+"""
+
+import contextlib
+import io
+import os
+import runpy
+import subprocess
+import sys
+import warnings
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, args, check=True):
+    """A CompletedProcess-like result (returncode, stdout, stderr) of `python script args`."""
+    out, err = io.StringIO(), io.StringIO()
+    threads, argv, cwd = torch.get_num_threads(), sys.argv, os.getcwd()
+    sys.argv = [os.path.join(ROOT, script), *map(str, args)]
+    torch.set_num_threads(1)
+    os.chdir(ROOT)  # as the subprocesses ran
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            except SystemExit as exit_:  # argparse errors and the scripts' one-line error messages
+                if isinstance(exit_.code, str):
+                    err.write(exit_.code + "\n")
+                    code = 1
+                else:
+                    code = exit_.code or 0
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+    proc = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
