@@ -444,8 +444,13 @@ class DCAE(nn.Module):
 
         `latent_channels` may be None (all), an int (one c' for the batch: the encoder computes only
         c' channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns
-        (x_rec, z).
+        (x_rec, z). A list of ints [c'_1, c'_2, ...] reconstructs from each in turn, with one
+        encoder pass (for the largest c') and one decoder pass per c', as the official AE trainer's
+        `num_sample_latent_channels` does; it returns ([x_rec_1, x_rec_2, ...], z).
         """
+        if isinstance(latent_channels, (list, tuple)):
+            z = self.encode(x, max(latent_channels))  # the trunk runs once
+            return [self.decode(z[:, :c]) for c in latent_channels], z
         if isinstance(latent_channels, torch.Tensor):
             z = self.encode(x)  # (B, c, h, w)
             # zero channels >= c'_i
@@ -498,6 +503,29 @@ def check_channel_choices(choices, latent_channels):
         raise ValueError(f"channel choices must be a non-empty list of values in "
                          f"[1, {latent_channels}], got {choices}")
     return sorted(set(choices))
+
+
+def sample_channel_list(choices, num_samples=1, always_max=False, always_min_max=False,
+                        generator=None):
+    """The c' values one AE training step reconstructs from, as the official AE trainer draws them.
+
+    num_samples values in all: with always_max the first is the full latent (choices[-1]); with
+    always_min_max the first two are the smallest and the full one (choices[0], choices[-1]); the
+    rest are uniform draws with replacement. With the defaults this is one uniform draw, the same
+    one `sample_latent_channels` makes.
+    """
+    fixed = [choices[-1]] if always_max else [choices[0], choices[-1]] if always_min_max else []
+    if always_max and always_min_max:
+        raise ValueError("always_max and always_min_max exclude each other")
+    if num_samples < max(1, len(fixed)):
+        raise ValueError(f"{num_samples} c' per step cannot hold the {len(fixed)} always sampled "
+                         f"({fixed}); sample at least {max(1, len(fixed))}")
+    draws = num_samples - len(fixed)
+    if draws == 0:
+        return fixed
+    idx = torch.randint(len(choices), (draws,), generator=generator,
+                        device=generator.device if generator is not None else "cpu")
+    return fixed + [choices[i] for i in idx.tolist()]
 
 
 def sample_latent_channels(choices, batch_size=None, generator=None, device=None):

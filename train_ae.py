@@ -67,6 +67,22 @@ def load_init_from(args):
     return cfg, sd
 
 
+def check_channel_sampling(args):
+    """Clear errors for --num-sample-latent-channels and the --always-sample-* flags."""
+    k = args.num_sample_latent_channels
+    if args.always_sample_max_channel and args.always_sample_min_max_channel:
+        raise ValueError("pass only one of --always-sample-max-channel and "
+                         "--always-sample-min-max-channel")
+    if k < 1 or (args.always_sample_min_max_channel and k < 2):
+        need = 2 if args.always_sample_min_max_channel else 1
+        raise ValueError(f"--num-sample-latent-channels {k} is too few: at least {need}"
+                         + (" with --always-sample-min-max-channel" if need == 2 else ""))
+    if args.no_structured and (k > 1 or args.always_sample_max_channel
+                               or args.always_sample_min_max_channel):
+        raise ValueError("--no-structured always decodes all c channels: drop "
+                         "--num-sample-latent-channels and --always-sample-*")
+
+
 @dataclass
 class Training:
     """What one training step needs: the models (and their DDP wrappers), the loss, the optimisers."""
@@ -120,8 +136,13 @@ def train_step(t, x, c_prime, step, args, autocast):
     if t.disc is not None:
         t.disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
     with autocast:
-        x_rec, _ = t.ae_ddp(x, c_prime)  # = D(E(x) * mask_{c,c'})
-        loss, terms = t.loss_fn.generator_loss(x, x_rec, step)
+        # D(E(x) * mask_{c,c'}); for a list of c', one reconstruction each from one encoder pass
+        x_rec, _ = t.ae_ddp(x, c_prime)
+        recs = x_rec if isinstance(x_rec, list) else [x_rec]
+        # the loss of each c', averaged (as the official diffusion trainer averages its c' passes)
+        per_c = [t.loss_fn.generator_loss(x, r, step) for r in recs]
+        loss = sum(c_loss for c_loss, _ in per_c) / len(per_c)
+        terms = {k: sum(c_terms[k] for _, c_terms in per_c) / len(per_c) for k in per_c[0][1]}
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(t.ae.parameters(), args.grad_clip)
@@ -130,8 +151,9 @@ def train_step(t, x, c_prime, step, args, autocast):
     terms = {"loss": loss, **terms}
     if t.loss_fn.gan_active(step):
         t.disc.requires_grad_(True)
-        with autocast:
-            d_loss = t.loss_fn.discriminator_loss(x, x_rec, t.disc_ddp)
+        with autocast:  # real images against every reconstruction of the step
+            x_real = x.repeat(len(recs), 1, 1, 1)
+            d_loss = t.loss_fn.discriminator_loss(x_real, torch.cat(recs), t.disc_ddp)
         t.opt_disc.zero_grad(set_to_none=True)
         d_loss.backward()
         t.opt_disc.step()
@@ -190,6 +212,7 @@ def main(args):
     else:
         cfg = dcae15.build_dcae_config(args.model)
     choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
+    check_channel_sampling(args)
     f = 2 ** (len(cfg.encoder.width_list) - 1)
     if args.image_size % f:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial "
@@ -234,7 +257,14 @@ def main(args):
     log = common.RunLog(args.out, master)
     n_params = sum(p.numel() for p in t.ae.parameters()) / 1e6
     h = args.image_size // f
-    kind = "structured" if not args.no_structured else f"plain baseline: c = {cfg.latent_channels} only"
+    kind = "structured"
+    if args.no_structured:
+        kind = f"plain baseline: c = {cfg.latent_channels} only"
+    if args.num_sample_latent_channels > 1:
+        kind += f", {args.num_sample_latent_channels} c' per step"
+    if args.always_sample_max_channel or args.always_sample_min_max_channel:
+        always = "max" if args.always_sample_max_channel else "min and max"
+        kind += f", the {always} always among them"
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, "
               f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} ({kind}), {world} process(es) "
               f"on {device}, perceptual {'on' if t.loss_fn.perceptual else 'off'}")
@@ -261,10 +291,13 @@ def main(args):
                 file=sys.stdout)
     while step < args.max_steps:
         x, _ = next(loader)
-        # Structured latent space: one c' per step (per rank). The plain baseline always uses all c.
+        # Structured latent space: c' drawn per step (per rank). The plain baseline uses all c.
         c_prime = cfg.latent_channels
         if not args.no_structured:
-            c_prime = dcae15.sample_latent_channels(choices, generator=channel_gen)
+            c_prime = dcae15.sample_channel_list(choices, args.num_sample_latent_channels,
+                                                 args.always_sample_max_channel,
+                                                 args.always_sample_min_max_channel, channel_gen)
+            c_prime = c_prime[0] if len(c_prime) == 1 else c_prime
         lr = common.warmup_lr(t.opt, args.lr, step, args.warmup_steps)
         terms, grad_norm = train_step(t, x, c_prime, step, args, autocast)
         step += 1
@@ -312,6 +345,13 @@ def build_parser():
                         "DC-AE 1.5 file (.safetensors / .pt) matching --model")
     p.add_argument("--latent-channel-choices", default=None,
                    help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
+    p.add_argument("--num-sample-latent-channels", type=int, default=1,
+                   help="c' values per step: one encoder pass, one decoder pass and loss per c', the "
+                        "losses averaged (official trainer option of the same name)")
+    p.add_argument("--always-sample-max-channel", action="store_true",
+                   help="the first c' of every step is the largest choice (the full latent)")
+    p.add_argument("--always-sample-min-max-channel", action="store_true",
+                   help="the first two c' of every step are the smallest and the largest choice")
     p.add_argument("--no-structured", action="store_true",
                    help="plain DC-AE baseline: always decode all c channels")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")

@@ -51,3 +51,36 @@ def test_sampling_is_seeded_uniform_and_in_choices():
     counts = torch.stack([(per_sample == c).sum() for c in choices]).float()
     assert set(per_sample.tolist()) == set(choices)
     assert (counts / 4000 - 0.25).abs().max() < 0.04  # uniform over the list
+
+
+def test_several_c_from_one_encoder_pass_equal_separate_passes(tiny_ae):
+    x = torch.randn(3, 3, 16, 16)
+    recs, z = tiny_ae(x, [2, 8, 5])
+    assert z.shape == (3, 8, 4, 4) and len(recs) == 3
+    for rec, c in zip(recs, [2, 8, 5]):
+        torch.testing.assert_close(rec, tiny_ae(x, c)[0], rtol=1e-5, atol=1e-6)
+    # and the gradients of the averaged loss are those of the separate passes, averaged
+    params = list(tiny_ae.parameters())
+    recs, _ = tiny_ae(x, [2, 8])
+    together = torch.autograd.grad(sum(r.square().mean() for r in recs) / 2, params)
+    separate = [torch.autograd.grad(tiny_ae(x, c)[0].square().mean() / 2, params) for c in (2, 8)]
+    for g, g2, g8 in zip(together, *separate):
+        torch.testing.assert_close(g, g2 + g8, rtol=1e-4, atol=1e-6)
+
+
+def test_sample_channel_list_follows_the_official_options():
+    choices = [2, 4, 6, 8]
+    for seed in range(20):  # one draw by default: the same as sample_latent_channels
+        one = dcae15.sample_channel_list(choices, generator=torch.Generator().manual_seed(seed))
+        assert one == [dcae15.sample_latent_channels(choices, generator=torch.Generator().manual_seed(seed))]
+    g = torch.Generator().manual_seed(0)
+    lists = [dcae15.sample_channel_list(choices, 3, always_max=True, generator=g) for _ in range(200)]
+    assert all(len(c) == 3 and c[0] == 8 for c in lists)
+    assert {c for cs in lists for c in cs[1:]} == set(choices)  # the rest are uniform draws
+    lists = [dcae15.sample_channel_list(choices, 3, always_min_max=True, generator=g) for _ in range(200)]
+    assert all(c[:2] == [2, 8] for c in lists) and {c[2] for c in lists} == set(choices)
+    assert dcae15.sample_channel_list(choices, 2, always_min_max=True, generator=g) == [2, 8]
+    with pytest.raises(ValueError, match="at least 2"):
+        dcae15.sample_channel_list(choices, 1, always_min_max=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        dcae15.sample_channel_list(choices, 3, always_max=True, always_min_max=True)

@@ -90,6 +90,10 @@ def test_two_process_gloo_ddp(tmp_path):
     (["--data", "imagefolder", "--data-path", "no/such/dir"], "is not a folder"),
     (["--resume"], "no checkpoint at"),
     (["--batch-size", "3", "--max-steps", "1"], None),  # fine on one process
+    (["--always-sample-min-max-channel"], "--num-sample-latent-channels 1 is too few: at least 2"),
+    (["--always-sample-max-channel", "--always-sample-min-max-channel", "--num-sample-latent-channels", "3"],
+     "pass only one of"),
+    (["--no-structured", "--num-sample-latent-channels", "2"], "--no-structured always decodes all c"),
 ])
 def test_bad_input_fails_before_writing(tmp_path, extra, message):
     out = str(tmp_path / "run")
@@ -112,3 +116,28 @@ def test_init_from_checks_compatibility(tmp_path):
     assert proc.returncode != 0 and "does not fit --model dc-ae-f16c64-classroom" in proc.stderr
     assert not os.path.exists(out)
     run([*TINY, "--max-steps", "1", "--init-from", official, "--out", out])  # the right preset loads
+
+
+SEVERAL = ["--num-sample-latent-channels", "3", "--always-sample-min-max-channel", "--latent-channel-choices", "2,4,8"]
+
+
+def test_several_c_per_step_resume_exactly(tmp_path):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    proc = run([*TINY, *SEVERAL, "--max-steps", "4", "--out", straight])
+    assert "3 c' per step, the min and max always among them" in proc.stdout
+    assert "c' [2, 8, " in proc.stdout  # the log line shows the step's c' list
+    run([*TINY, *SEVERAL, "--max-steps", "2", "--out", split])
+    run([*TINY, *SEVERAL, "--max-steps", "4", "--out", split, "--resume"])
+    a = torch.load(os.path.join(straight, "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(split, "last.pt"), weights_only=True)
+    assert a["args"]["num_sample_latent_channels"] == 3 and a["args"]["always_sample_min_max_channel"]
+    for part in ("model", "ema", "disc"):  # the GAN starts at step 2: its loss sees all 3 outputs
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_several_c_per_step_under_two_process_gloo(tmp_path):
+    out = str(tmp_path / "ddp")
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    proc = run([*TINY, *SEVERAL, "--max-steps", "3", "--out", out], launcher=launcher)
+    assert "DDP check: weights identical on all 2 ranks" in proc.stdout
