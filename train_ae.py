@@ -83,6 +83,30 @@ def check_channel_sampling(args):
                          "--num-sample-latent-channels and --always-sample-*")
 
 
+def draw_c_prime(args, choices, C, generator):
+    """This step's c' (an int) or c' list (with --num-sample-latent-channels > 1), drawn per rank
+    (structured latent space); the plain baseline always uses all C channels."""
+    if args.no_structured:
+        return C
+    c_prime = dcae15.sample_channel_list(choices, args.num_sample_latent_channels,
+                                         args.always_sample_max_channel,
+                                         args.always_sample_min_max_channel, generator)
+    return c_prime[0] if len(c_prime) == 1 else c_prime
+
+
+def describe_sampling(args, cfg):
+    """How c' is drawn, in words, for the first log line."""
+    if args.no_structured:
+        return f"plain baseline: c = {cfg.latent_channels} only"
+    words = "structured"
+    if args.num_sample_latent_channels > 1:
+        words += f", {args.num_sample_latent_channels} c' per step"
+    if args.always_sample_max_channel or args.always_sample_min_max_channel:
+        always = "max" if args.always_sample_max_channel else "min and max"
+        words += f", the {always} always among them"
+    return words
+
+
 @dataclass
 class Training:
     """What one training step needs: the models (and their DDP wrappers), the loss, the optimisers."""
@@ -257,17 +281,11 @@ def main(args):
     log = common.RunLog(args.out, master)
     n_params = sum(p.numel() for p in t.ae.parameters()) / 1e6
     h = args.image_size // f
-    kind = "structured"
-    if args.no_structured:
-        kind = f"plain baseline: c = {cfg.latent_channels} only"
-    if args.num_sample_latent_channels > 1:
-        kind += f", {args.num_sample_latent_channels} c' per step"
-    if args.always_sample_max_channel or args.always_sample_min_max_channel:
-        always = "max" if args.always_sample_max_channel else "min and max"
-        kind += f", the {always} always among them"
+    perceptual = "on" if t.loss_fn.perceptual else "off"
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, "
-              f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} ({kind}), {world} process(es) "
-              f"on {device}, perceptual {'on' if t.loss_fn.perceptual else 'off'}")
+              f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} "
+              f"({describe_sampling(args, cfg)}), {world} process(es) on {device}, "
+              f"perceptual {perceptual}")
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
     def save(final=False):
@@ -291,13 +309,7 @@ def main(args):
                 file=sys.stdout)
     while step < args.max_steps:
         x, _ = next(loader)
-        # Structured latent space: c' drawn per step (per rank). The plain baseline uses all c.
-        c_prime = cfg.latent_channels
-        if not args.no_structured:
-            c_prime = dcae15.sample_channel_list(choices, args.num_sample_latent_channels,
-                                                 args.always_sample_max_channel,
-                                                 args.always_sample_min_max_channel, channel_gen)
-            c_prime = c_prime[0] if len(c_prime) == 1 else c_prime
+        c_prime = draw_c_prime(args, choices, cfg.latent_channels, channel_gen)
         lr = common.warmup_lr(t.opt, args.lr, step, args.warmup_steps)
         terms, grad_norm = train_step(t, x, c_prime, step, args, autocast)
         step += 1
