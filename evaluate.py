@@ -6,8 +6,7 @@ Evaluate autoencoders and generators: rFID, PSNR, SSIM, LPIPS, the partial-chann
     # reference statistics of a dataset (pytorch-fid .npz: mu, sigma)
     python evaluate.py ref --data imagefolder --data-path /data/imagenet/train --image-size 256 \
         --out ref.npz
-    # FID of samples (an .npz from sample.py, an image folder, or a DiT checkpoint sampled on the
-    # fly)
+    # FID of samples (an .npz from sample.py, an image folder, or a DiT sampled on the fly)
     python evaluate.py fid --samples samples.npz --ref ref.npz
     # how often a DiT's samples show the requested class (a small CNN trained on the AE's
     # reconstructions judges)

@@ -1,8 +1,7 @@
 """
 Sample class-conditional images from a trained DiT (EMA weights) and decode them with its autoencoder.
 
-    # a PNG grid next to the checkpoint
-    python sample.py --ckpt runs/dit/last.pt                      
+    python sample.py --ckpt runs/dit/last.pt                        # a PNG grid beside the checkpoint
     python sample.py --ckpt runs/dit/last.pt --latent-channels 8    # only the first c' = 8 channels
     torchrun --nproc_per_node=8 sample.py --ckpt runs/dit/last.pt --num-samples 50000 \
         --npz samples.npz --cfg-scale 1.5 --steps 100

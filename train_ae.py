@@ -1,10 +1,8 @@
 """
 Train a DC-AE 1.5 autoencoder with a structured latent space.
 
-    # classroom preset on the built-in shapes, CPU ok
-    python train_ae.py                                 
-    # the plain DC-AE baseline, for comparison
-    python train_ae.py --no-structured --out runs/ae-plain 
+    python train_ae.py                                       # classroom AE on the shapes, CPU ok
+    python train_ae.py --no-structured --out runs/ae-plain   # the plain DC-AE baseline
     torchrun --nproc_per_node=8 train_ae.py --model dc-ae-f32c128-1.5 --data imagefolder \
         --data-path /data/imagenet --image-size 256 --batch-size 256 --perceptual on
 

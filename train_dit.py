@@ -1,10 +1,9 @@
 """
 Train a class-conditional latent DiT with DC-AE 1.5's augmented diffusion training.
 
-    # classroom DiT on shapes latents
-    python train_dit.py --ae-ckpt runs/ae/last.pt                   
-    # the baseline
-    python train_dit.py --ae-ckpt runs/ae/last.pt --no-augmented --out runs/dit-plain 
+    python train_dit.py --ae-ckpt runs/ae/last.pt                 # classroom DiT, flow matching
+    python train_dit.py --ae-ckpt runs/ae/last.pt --no-augmented --out runs/dit-plain  # baseline
+    python train_dit.py --ae-ckpt runs/ae/last.pt --objective ddpm --out runs/dit-ddpm  # DDPM
     torchrun --nproc_per_node=8 train_dit.py --ae-ckpt model.safetensors --ae-config dc-ae-f64c128-1.5 \
         --data imagefolder --data-path /data/imagenet --image-size 512 --model DiT-XL --batch-size 256 \
         --lr 1e-4
@@ -325,9 +324,10 @@ def build_parser():
     p.add_argument("--out", default="runs/dit", help="run folder: last.pt, log.txt, samples.png")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where last.pt left it")
-    p.add_argument("--objective", default="ddpm", choices=sorted(dcae15.OBJECTIVES),
-                   help="ddpm: eps-prediction (DiT), sampled with DDIM; flow: flow matching with the "
-                        "linear interpolant (SiT / USiT), sampled with Heun")
+    p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
+                   help="flow: flow matching with the linear interpolant (SiT / USiT, the paper's "
+                        "headline models), sampled with Heun; ddpm: eps-prediction (DiT), sampled "
+                        "with DDIM. The classroom default is flow: see the README's quick start")
     p.add_argument("--aug-channel-choices", default=None,
                    help="comma-separated c' values for the augmented loss (default: multiples of c/8 "
                         "below c)")

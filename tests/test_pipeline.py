@@ -175,7 +175,7 @@ def test_flow_checkpoint_trains_resumes_samples_and_is_evaluated(work):
 
 
 def test_ddpm_checkpoints_old_and_new_sample_with_ddim(work):
-    run("train_dit.py", dit_args(work, work / "ddpm", steps=1))
+    run("train_dit.py", dit_args(work, work / "ddpm", steps=1, extra=["--objective", "ddpm"]))
     path = work / "ddpm" / "last.pt"
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["objective"] == "ddpm"
@@ -190,3 +190,11 @@ def test_ddpm_checkpoints_old_and_new_sample_with_ddim(work):
     assert np.array_equal(np.load(work / "old.npz")["arr_0"], np.load(work / "new.npz")["arr_0"])
     proc = run("sample.py", ["--ckpt", path, *args, "--sampler", "heun"], check=False)
     assert proc.returncode != 0 and "does not fit this ddpm checkpoint; choose ddim" in proc.stderr
+    # an old run resumed without flags stays DDPM, although the default objective is now flow
+    old_run = work / "old_run"
+    old_run.mkdir()
+    ckpt["args"]["out"] = str(old_run)
+    torch.save(ckpt, old_run / "last.pt")
+    proc = run("train_dit.py", [*dit_args(work, old_run, steps=2), "--resume"])
+    assert "objective ddpm" in proc.stdout
+    assert torch.load(old_run / "last.pt", weights_only=True)["objective"] == "ddpm"
