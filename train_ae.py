@@ -286,8 +286,8 @@ def main(args):
               f"perceptual {perceptual}")
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
-    def save(final=False):
-        """Checkpoint (rank 0 writes it atomically) and the partial-channel picture."""
+    def save(final=False, picture=True):
+        """Checkpoint (rank 0 writes it atomically) and, with picture, the partial-channel picture."""
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return None
@@ -298,8 +298,9 @@ def main(args):
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
-        common.save_grid(reconstruct_table(t.ema, val_images, choices), picture_path,
-                         ncol=len(choices) + 1)
+        if picture or final:
+            common.save_grid(reconstruct_table(t.ema, val_images, choices), picture_path,
+                             ncol=len(choices) + 1)
         return report, scale
 
     # ------------------------------------------------------------------ training loop
@@ -318,8 +319,9 @@ def main(args):
             log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
                       + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
                       + f" | {rate:.1f} img/s")
-        if step % args.sample_every == 0 and step < args.max_steps:  # the last step is saved below
-            save()
+        keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
+        if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: below
+            save(picture=step % args.sample_every == 0)
     pbar.close()
 
     # ------------------------------------------------------------------ final report (EMA weights)

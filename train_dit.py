@@ -246,8 +246,8 @@ def main(args):
               f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, objective "
               f"{args.objective}, {augmentation}, {world} process(es) on {device}")
 
-    def save(final=False):
-        """Checkpoint (rank 0 writes it atomically) and the sample grid."""
+    def save(final=False, picture=True):
+        """Checkpoint (rank 0 writes it atomically) and, with picture, the sample grid."""
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return
@@ -257,9 +257,10 @@ def main(args):
         dcae15.save_checkpoint(ckpt, last_path)
         if args.save_every and (step % args.save_every == 0 or final):
             dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
-        images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
-                             args.objective, args.sample_steps, args.cfg_scale)
-        common.save_grid(images, grid_path, ncol=8)
+        if picture or final:
+            images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
+                                 args.objective, args.sample_steps, args.cfg_scale)
+            common.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
     pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True,
@@ -283,8 +284,9 @@ def main(args):
             log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
                       + f" | c' {c_prime if c_prime is not None else '-'}"
                       + f" | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.0f} latents/s")
-        if step % args.sample_every == 0 and step < args.max_steps:
-            save()
+        keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
+        if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: below
+            save(picture=step % args.sample_every == 0)
     pbar.close()
     n_ranks = common.check_ranks_in_sync(model)
     save(final=True)

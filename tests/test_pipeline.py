@@ -51,6 +51,18 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     assert len(os.listdir(work / "cache")) == 2
 
 
+def test_dit_save_every_keeps_steps_between_pictures(work):
+    out = work / "dit_kept"
+    run("train_dit.py", dit_args(work, out, steps=5, extra=["--save-every", "2", "--sample-every", "100"]))
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "samples.png", "step_0000002.pt",
+                                       "step_0000004.pt", "step_0000005.pt"]
+    straight = work / "dit_straight"
+    run("train_dit.py", dit_args(work, straight, steps=5, extra=["--sample-every", "100"]))
+    a = torch.load(out / "last.pt", weights_only=True)
+    b = torch.load(straight / "last.pt", weights_only=True)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])  # keeping files changes nothing
+
+
 def test_dit_checkpoint_and_sampling(work):
     out = work / "dit"
     proc = run("train_dit.py", dit_args(work, out))

@@ -45,6 +45,20 @@ def test_tiny_run_writes_checkpoint_and_picture(tmp_path):
     assert "d_loss" in open(os.path.join(out, "log.txt")).read()  # the GAN started at step 2
 
 
+def test_save_every_keeps_steps_between_pictures_and_leaves_the_run_unchanged(tmp_path):
+    """--save-every is independent of --sample-every, and keeping files does not perturb training."""
+    kept, plain = str(tmp_path / "kept"), str(tmp_path / "plain")
+    run([*TINY, "--max-steps", "5", "--out", kept, "--save-every", "2", "--sample-every", "100"])
+    run([*TINY, "--max-steps", "5", "--out", plain, "--sample-every", "100"])
+    assert sorted(f for f in os.listdir(kept) if f.startswith("step_")) == [
+        "step_0000002.pt", "step_0000004.pt", "step_0000005.pt"]
+    a = torch.load(os.path.join(kept, "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(plain, "last.pt"), weights_only=True)
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert torch.load(os.path.join(kept, "step_0000004.pt"), weights_only=True)["step"] == 4
+
+
 def test_resume_is_exact(tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     run([*TINY, "--max-steps", "6", "--out", straight])
