@@ -182,6 +182,12 @@ class TransformedDataset(torch.utils.data.Dataset):
         return self.transform(img), label
 
 
+def data_seed(run_args):
+    """The shapes set's seed in a run's args dict (its --data-seed). Runs made before --data-seed
+    existed drew their shapes with --seed, so that is their data seed."""
+    return run_args.get("data_seed", run_args.get("seed", 0))
+
+
 def build_dataset(name, split, image_size, data_path=None, seed=0, size=None):
     """The dataset `name` ('shapes' | 'imagefolder' | 'cifar10'); items are (image in [-1, 1], label).
 

@@ -227,7 +227,8 @@ def main(args):
     resume_ckpt = common.checkpoint_to_resume(args, dcae15.AE_KIND)
     init_sd = None
     if resume_ckpt is not None:
-        common.adopt_run_flags(args, resume_ckpt["args"], build_parser(), RESUME_FREE_ARGS)
+        run_args = {**resume_ckpt["args"], "data_seed": data.data_seed(resume_ckpt["args"])}
+        common.adopt_run_flags(args, run_args, build_parser(), RESUME_FREE_ARGS)
         cfg = dcae15.DCAEConfig.from_dict(resume_ckpt["config"])
     elif args.init_from:
         cfg, init_sd = load_init_from(args)
@@ -247,8 +248,9 @@ def main(args):
         raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
                          f"processes")
     master = rank == 0
-    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path, args.seed)
-    val_set = data.build_dataset(args.data, "val", args.image_size, args.data_path, args.seed)
+    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
+                                   args.data_seed)
+    val_set = data.build_dataset(args.data, "val", args.image_size, args.data_path, args.data_seed)
 
     # ------------------------------------------------------------------ models, losses, optimisers
     t = build_training(cfg, args, device, init_sd)
@@ -394,6 +396,8 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0,
                    help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and c'")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the shapes images themselves (the same set for every --seed)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p

@@ -47,7 +47,7 @@ def cache_key(args, ae_info, num_images):
         "data": args.data,
         "data_path": os.path.abspath(args.data_path) if args.data_path else None,
         "image_size": args.image_size,
-        "seed": args.seed if args.data == "shapes" else None,
+        "seed": args.data_seed if args.data == "shapes" else None,
         "num_images": num_images,
         "flip": args.flip,
         "ae": ae_info["fingerprint"],
@@ -182,7 +182,8 @@ def main(args):
     resume_ckpt = common.checkpoint_to_resume(args, dcae15.DIT_KIND)
     if resume_ckpt is not None:
         resume_ckpt["args"].setdefault("objective", "ddpm")  # runs from before flow matching
-        common.adopt_run_flags(args, resume_ckpt["args"], build_parser(), RESUME_FREE_ARGS)
+        run_args = {**resume_ckpt["args"], "data_seed": data.data_seed(resume_ckpt["args"])}
+        common.adopt_run_flags(args, run_args, build_parser(), RESUME_FREE_ARGS)
     if args.ae_ckpt is None:
         raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file "
                          "with --ae-config")
@@ -203,7 +204,8 @@ def main(args):
         raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
                          f"processes")
     master = rank == 0
-    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path, args.seed)
+    train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
+                                   args.data_seed)
     num_classes = train_set.num_classes
     latents, labels = build_latent_cache(args, ae, ae_info, train_set, rank, world, device)
     ae.to(device)  # kept for the sample grids
@@ -360,6 +362,8 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0,
                    help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, c', noise and t")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the shapes images themselves (the same set for every --seed)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 
