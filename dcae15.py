@@ -106,6 +106,10 @@ DCAE_CONFIGS = {
     # f16, many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an
     # official model.
     "dc-ae-f16c64-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 64),
+    # The same with fewer latent channels, for the paper's channel trade-off (Fig. 1b) in
+    # miniature: more channels reconstruct better and are harder for a diffusion model to learn.
+    "dc-ae-f16c32-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 32),
+    "dc-ae-f16c16-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 16),
     # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
     "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
 }

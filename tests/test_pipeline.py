@@ -34,6 +34,12 @@ def dit_args(work, out, steps=4, extra=()):
             "--log-every", "2", "--sample-steps", "2", "--cache-dir", str(work / "cache"), "--out", str(out), *extra]
 
 
+def judge_args(work):
+    """evaluate.py classes / curve on tiny settings, the judge cached in the test's folder."""
+    return ["--num-images", "40", "--judge-steps", "3", "--batch-size", "4", "--steps", "2", "--num-val", "20",
+            "--judge-cache", str(work / "judges")]
+
+
 def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     first = run("train_dit.py", dit_args(work, work / "dit_a", steps=2))
     assert "latent cache: encoded 40 images" in first.stdout
@@ -123,31 +129,34 @@ def test_bad_input(work):
 def test_evaluate_classes(work):
     run("train_dit.py", dit_args(work, work / "dit_cls", steps=1))
     out = work / "classes.json"
-    proc = run("evaluate.py", ["classes", "--ckpt", str(work / "dit_cls" / "last.pt"), "--num-images", "40",
-                               "--judge-steps", "3", "--num-samples", "7", "--batch-size", "4", "--steps", "2",
+    proc = run("evaluate.py", ["classes", "--ckpt", str(work / "dit_cls" / "last.pt"), *judge_args(work), "--num-samples", "7",
                                "--cfg-scales", "1,3", "--json", str(out)])
-    assert "val reconstructions right" in proc.stdout
+    assert "this AE's reconstructions" in proc.stdout
     result = json.loads(out.read_text())
-    assert 0 <= result["ceiling"] <= 1 and sorted(result["samples"]) == ["1.0", "3.0"]
-    for acc in result["samples"].values():  # a share of 7 samples (batches of 4 and 3 weighted by their size)
-        assert abs(acc * 7 - round(acc * 7)) < 1e-6
+    assert 0 <= result["ceiling"] <= 1 and 0 <= result["ceiling_recon"] <= 1
+    assert sorted(result["samples"]) == ["1.0", "3.0"]
+    for row in result["samples"].values():  # a share of 7 samples (batches of 4 and 3 weighted by their size)
+        assert abs(row["share"] * 7 - round(row["share"] * 7)) < 1e-6 and row["fd"] >= 0
     dit = str(work / "dit_cls" / "last.pt")
     for args, message in ((["--ckpt", str(work / "ae" / "last.pt")], "is an autoencoder checkpoint"),
-                          (["--ckpt", dit, "--num-samples", "0"], "must be positive"),
+                          (["--ckpt", dit, "--num-samples", "0"], "--num-samples must be at least 2"),
                           (["--ckpt", dit, "--cfg-scales", "1,x"], "--cfg-scales must be comma-separated")):
         proc = run("evaluate.py", ["classes", *args], check=False)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_judge_reconstructions_keep_labels(work):
+def test_judge_originals_and_reconstructions_keep_order_and_labels(work):
     import evaluate
 
     ae, _, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
     ds = data.ShapesDataset("val", image_size=16)
-    x, y = evaluate.reconstructions(ae, ds, 23, 10, torch.device("cpu"), "test")
+    x, y = evaluate.originals(ds, 23, 10)
     assert x.dtype == torch.uint8 and x.shape == (23, 3, 16, 16) and y.tolist() == [ds[i][1] for i in range(23)]
+    assert torch.equal(x[17], common.to_uint8(ds[17][0][None])[0])
+    r = evaluate.reconstructions(ae, x, 10, torch.device("cpu"))
     with torch.no_grad():  # the same images as reconstructing one at a time (up to a rounding step)
-        assert (x[17].int() - common.to_uint8(ae(ds[17][0][None])[0])[0].int()).abs().max() <= 1
+        one = common.to_uint8(ae(x[17:18].float() / 127.5 - 1)[0])[0]
+    assert r.dtype == torch.uint8 and (r[17].int() - one.int()).abs().max() <= 1
 
 
 def test_flow_checkpoint_trains_resumes_samples_and_is_evaluated(work):
@@ -181,8 +190,7 @@ def test_flow_checkpoint_trains_resumes_samples_and_is_evaluated(work):
         proc = run("sample.py", [*common_args, *extra], check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     out = work / "flow_classes.json"
-    run("evaluate.py", ["classes", "--ckpt", ckpt, "--num-images", "40", "--judge-steps", "2",
-                        "--num-samples", "4", "--batch-size", "4", "--steps", "2", "--json", out])
+    run("evaluate.py", ["classes", "--ckpt", ckpt, *judge_args(work), "--num-samples", "4", "--json", out])
     assert sorted(json.loads(out.read_text())["samples"]) == ["1.0", "4.0"]
 
 

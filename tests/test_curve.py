@@ -1,0 +1,190 @@
+"""evaluate.py curve: the speed-up arithmetic, the CSV, the cached judge, the judge's Fréchet distance,
+and the command end to end on tiny runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import evaluate
+from helpers import run_script
+
+# ---------------------------------------------------------------------------- speed-up arithmetic
+
+
+def test_first_reach_interpolates_between_evaluated_steps():
+    steps = [100, 200, 300, 400]
+    fd = [50.0, 30.0, 20.0, 15.0]  # lower is better
+    assert evaluate.first_reach(steps, fd, 25.0, lower=True) == (250.0, "reached")  # halfway 30 -> 20
+    assert evaluate.first_reach(steps, fd, 20.0, lower=True) == (300.0, "reached")  # exactly at a point
+    assert evaluate.first_reach(steps, fd, 60.0, lower=True) == (100, "before")
+    assert evaluate.first_reach(steps, fd, 10.0, lower=True) == (None, "never")
+    share = [0.2, 0.5, 0.6, 0.9]  # higher is better
+    step, status = evaluate.first_reach(steps, share, 0.7, lower=False)
+    assert status == "reached" and step == pytest.approx(300 + 100 / 3)
+    # a curve that passes the target, falls back and passes it again: the first crossing counts
+    assert evaluate.first_reach([1, 2, 3, 4], [0.1, 0.8, 0.3, 0.9], 0.5, lower=False)[0] == pytest.approx(1 + 4 / 7)
+
+
+def test_speedup_factor_and_its_words():
+    base_steps, base = [100, 200, 300, 400], [50.0, 40.0, 30.0, 20.0]
+    s = evaluate.speedup(base_steps, base, [100, 200, 300, 400], [40.0, 30.0, 10.0, 5.0], lower=True)
+    assert s["target"] == 20.0 and s["step"] == pytest.approx(250.0) and s["factor"] == pytest.approx(1.6)
+    assert evaluate.format_speedup(s) == "1.60x (at step 250)"
+    early = evaluate.speedup(base_steps, base, [100, 200], [19.0, 10.0], lower=True)
+    assert early["status"] == "before" and evaluate.format_speedup(early) == ">4.00x (already at step 100)"
+    never = evaluate.speedup(base_steps, base, [100, 200], [45.0, 21.0], lower=True)
+    assert never["factor"] is None and evaluate.format_speedup(never) == "not reached"
+    # the baseline against itself: reached exactly at its last step, factor 1
+    assert evaluate.speedup(base_steps, base, base_steps, base, lower=True)["factor"] == pytest.approx(1.0)
+
+
+def rows_of(label, run, seed, steps, values):
+    return [{"label": label, "run": run, "seed": seed, "step": s, "share_g1": v / 100, "fd_g1": 100 - v}
+            for s, v in zip(steps, values)]
+
+
+def test_summary_spread_and_seed_pairs():
+    rows = (rows_of("plain", "p0", 0, [10, 20], [40, 60]) + rows_of("plain", "p1", 1, [10, 20], [50, 70])
+            + rows_of("aug", "a0", 0, [10, 20], [65, 80]))
+    summary = evaluate.summarise(rows, ["share_g1", "fd_g1"])
+    assert summary["plain"]["steps"] == [10, 20]
+    assert summary["plain"]["fd_g1"]["mean"] == [55.0, 35.0]
+    assert summary["plain"]["fd_g1"]["min"] == [50.0, 30.0] and summary["plain"]["fd_g1"]["max"] == [60.0, 40.0]
+    speed = evaluate.speedups(summary, "plain", "fd_g1")
+    # the mean plain curve ends at fd 35; aug's single run (35 -> 20) reaches it at step 10: ">2x"
+    assert speed["aug"]["mean"]["status"] == "before" and speed["aug"]["mean"]["factor"] == 2.0
+    # one pair per plain seed: targets 40 and 30; aug reaches 30 at 10 + (35 - 30) / 15 * 10
+    factors = [p["factor"] for p in speed["aug"]["pairs"]]
+    assert factors == pytest.approx([2.0, 20 / (10 + 10 / 3)])
+    text = evaluate.curve_text(summary, ["share_g1", "fd_g1"], speed, "plain", "fd_g1")
+    assert "55.00 (50.00-60.00)" in text and "speed-up of aug over plain by fd_g1" in text
+
+
+def test_csv_round_trip_and_bad_csv(tmp_path):
+    rows = rows_of("plain", "runs/p", 0, [100, 200], [40.5, 61.25]) + rows_of("aug", "runs/a", 3, [100], [70])
+    rows[0]["fd_g1"] = 1 / 3  # a float that needs all its digits
+    path = tmp_path / "curve.csv"
+    evaluate.write_curve_csv(rows, str(path))
+    back, metrics = evaluate.read_curve_csv(str(path))
+    assert back == rows and metrics == ["share_g1", "fd_g1"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,label\n1,a\n")
+    with pytest.raises(ValueError, match="not a curve CSV"):
+        evaluate.read_curve_csv(str(bad))
+
+
+# ---------------------------------------------------------------------------- the judge
+
+
+def test_random_blur_keeps_sharp_images_at_sigma_zero_and_preserves_the_mean():
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(evaluate.random_blur(x, 0.0), x)  # sigma ~0: a delta kernel
+    blurred = evaluate.random_blur(x, 1.5, torch.Generator().manual_seed(0))
+    assert blurred.shape == x.shape and not torch.allclose(blurred, x)
+    const = torch.full((2, 3, 8, 8), 0.3)  # a normalised kernel with edge padding leaves a constant image
+    torch.testing.assert_close(evaluate.random_blur(const, 1.5), const)
+    assert blurred.std() < x.std()  # a low-pass filter removes variance from white noise
+
+
+def test_frechet_distance_of_identical_feature_sets_is_zero():
+    feats = torch.randn(300, 128, generator=torch.Generator().manual_seed(0)).double()
+    a, b = evaluate.FeatureStats(dim=128), evaluate.FeatureStats(dim=128)
+    a.add(feats)
+    b.add(feats.flip(0))  # the same set in another order
+    assert abs(evaluate.frechet_distance(*a.mu_sigma(), *b.mu_sigma())) < 1e-8
+    c = evaluate.FeatureStats(dim=128)
+    c.add(feats + 1.0)  # shifted by 1 in each of 128 dimensions: distance ||shift||^2 = 128
+    assert evaluate.frechet_distance(*a.mu_sigma(), *c.mu_sigma()) == pytest.approx(128.0, rel=1e-6)
+
+
+def test_judge_is_trained_once_per_dataset_and_then_loaded(tmp_path, monkeypatch):
+    run_args = {"data": "shapes", "image_size": 16, "data_path": None, "seed": 5, "data_seed": 0}
+    cache = str(tmp_path / "judges")
+    first, path, trained = evaluate.dataset_judge(run_args, 10, 40, 2, cache, 20, torch.device("cpu"))
+    assert trained and path.startswith(cache)
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached judge was trained again")
+
+    monkeypatch.setattr(evaluate, "train_judge", no_training)
+    # another run seed (another DiT or AE on the same data): the same judge, loaded
+    again, path2, trained2 = evaluate.dataset_judge({**run_args, "seed": 9}, 10, 40, 2, cache, 20,
+                                                    torch.device("cpu"))
+    assert path2 == path and not trained2
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    with pytest.raises(AssertionError, match="trained again"):  # other data: another judge
+        evaluate.dataset_judge({**run_args, "image_size": 32}, 10, 40, 2, cache, 20, torch.device("cpu"))
+
+
+def test_data_seed_of_old_runs_is_their_seed():
+    assert data.data_seed({"seed": 3}) == 3  # runs made before --data-seed drew the shapes with --seed
+    assert data.data_seed({"seed": 3, "data_seed": 0}) == 0
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("curve")
+    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
+                               "--perceptual", "off", "--out", d / "ae"])
+    base = ["--ae-ckpt", d / "ae" / "last.pt", "--model", "DiT-tiny", "--image-size", "16", "--max-images", "40",
+            "--batch-size", "8", "--max-steps", "4", "--save-every", "2", "--sample-every", "100", "--log-every", "2",
+            "--sample-steps", "2", "--cache-dir", d / "cache"]
+    for name, extra in (("plain0", ["--no-augmented"]), ("plain1", ["--no-augmented", "--seed", "1"]),
+                        ("aug0", [])):
+        run_script("train_dit.py", [*base, *extra, "--out", d / name])
+    return d
+
+
+def curve_args(d, *runs):
+    return ["curve", *(a for r in runs for a in ("--run", r)), "--num-images", "40", "--judge-steps", "2",
+            "--batch-size", "4", "--steps", "2", "--num-samples", "6", "--num-val", "20",
+            "--judge-cache", d / "judges", "--csv", d / "curve.csv", "--plot", d / "curve.png",
+            "--json", d / "curve.json"]
+
+
+def test_curve_end_to_end_and_cached_points(runs):
+    d = runs
+    proc = run_script("evaluate.py", curve_args(d, f"plain={d / 'plain0'},{d / 'plain1'}", f"aug={d / 'aug0'}"))
+    assert "speed-up of aug over plain by fd_g1" in proc.stdout and "judge (" in proc.stdout
+    assert proc.stdout.count(" step 2: ") == 3 and proc.stdout.count(" step 4: ") == 3  # every point sampled once
+    with open(d / "curve.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["label"], r["seed"], r["step"]) for r in rows] == [
+        ("plain", "0", "2"), ("plain", "0", "4"), ("plain", "1", "2"), ("plain", "1", "4"),
+        ("aug", "0", "2"), ("aug", "0", "4")]
+    assert set(rows[0]) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "share_g4", "fd_g4"}
+    result = json.loads((d / "curve.json").read_text())
+    assert 0 <= result["autoencoders"]["judge_ceiling"] <= 1
+    # the second time every point comes from the runs' curve/ folders: nothing is sampled again
+    again = run_script("evaluate.py", curve_args(d, f"plain={d / 'plain0'},{d / 'plain1'}", f"aug={d / 'aug0'}"))
+    assert " step 2: " not in again.stdout and "training the judge" not in again.stdout
+    assert json.loads((d / "curve.json").read_text())["rows"] == result["rows"]
+    # and the CSV alone redraws the table, without checkpoints
+    redrawn = run_script("evaluate.py", ["curve", "--from-csv", d / "curve.csv", "--plot", d / "again.png"])
+    assert "speed-up of aug over plain" in redrawn.stdout
+
+
+def test_curve_bad_input_fails_before_any_work(runs, tmp_path):
+    d = runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = (([f"a={empty}"], "has no evaluable points"),
+             ([f"a={tmp_path / 'nowhere'}"], "run folder not found"),
+             (["a"], "expected LABEL=DIR"),
+             ([f"a={d / 'plain0'},{d / 'aug0'}"], "differ in no_augmented"),
+             ([f"a={d / 'plain0'}", f"a={d / 'aug0'}"], "appears twice"))
+    for run_flags, message in cases:
+        proc = run_script("evaluate.py", curve_args(tmp_path, *run_flags), check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "judges").exists()  # nothing trained, nothing written
+    proc = run_script("evaluate.py", [*curve_args(tmp_path, f"a={d / 'aug0'}"), "--speedup-metric", "fid_g1"],
+                      check=False)
+    assert proc.returncode != 0 and "is not measured" in proc.stderr
