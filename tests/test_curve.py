@@ -155,6 +155,7 @@ def test_curve_end_to_end_and_cached_points(runs):
     proc = run_script("evaluate.py", curve_args(d, f"plain={d / 'plain0'},{d / 'plain1'}", f"aug={d / 'aug0'}"))
     assert "speed-up of aug over plain by fd_g1" in proc.stdout and "judge (" in proc.stdout
     assert proc.stdout.count(" step 2: ") == 3 and proc.stdout.count(" step 4: ") == 3  # every point sampled once
+    assert len(list((d / "cache").iterdir())) == 1  # --seed 1 trains on the same images: one latent cache
     with open(d / "curve.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["label"], r["seed"], r["step"]) for r in rows] == [
