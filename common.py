@@ -98,10 +98,13 @@ def check_ranks_in_sync(module):
 
 @torch.no_grad()
 def update_ema(ema_model, model, decay):
-    """ema <- decay * ema + (1 - decay) * model, for every floating-point parameter and buffer."""
+    """ema <- decay * ema + (1 - decay) * model, for every floating-point parameter and buffer but
+    the frozen parameters (requires_grad False: a training phase that trains a part only), whose
+    EMA stays exactly as it was."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     ema_sd = ema_model.state_dict()
     for name, value in model.state_dict().items():
-        if value.dtype.is_floating_point:
+        if value.dtype.is_floating_point and name not in frozen:
             ema_sd[name].lerp_(value, 1 - decay)
 
 

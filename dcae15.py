@@ -669,6 +669,44 @@ class AutoencoderLoss:
         return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+# DC-AE trains in three phases (DC-AE Sec. 3.3, "decoupled high-resolution adaptation"):
+#   1. low resolution, reconstruction loss, every layer ("all");
+#   2. high resolution, reconstruction loss, only the layers next to the latent ("middle");
+#   3. low resolution, the GAN loss added, only the decoder's last layers ("head").
+# NOTE: which modules are "middle" and "head" is our reading of the paper, not the official split
+# (the official code is unreleased; efficientvit issue #168 asks and has no answer). Middle: the
+# encoder's deepest stage and output projection, the decoder's input projection and deepest stage.
+# Head: the decoder's highest-resolution stage that has layers, and its output projection. To try
+# another split, change the prefixes `train_part_prefixes` returns.
+TRAIN_PARTS = ("all", "middle", "head")
+
+
+def train_part_prefixes(ae, part):
+    """Parameter-name prefixes of the part of `ae` that a phase trains ("all": every parameter)."""
+    if part not in TRAIN_PARTS:
+        raise ValueError(f"unknown part {part!r}; choose one of {', '.join(TRAIN_PARTS)}")
+
+    def with_layers(stages):  # stage indices that hold parameters (a depth-0 stage may be empty)
+        return [i for i, st in enumerate(stages) if any(True for _ in st.parameters())]
+
+    enc, dec = with_layers(ae.encoder.stages), with_layers(ae.decoder.stages)
+    return {"all": [""],
+            "middle": [f"encoder.stages.{enc[-1]}.", "encoder.project_out.",
+                       "decoder.project_in.", f"decoder.stages.{dec[-1]}."],
+            "head": [f"decoder.stages.{dec[0]}.", "decoder.project_out."]}[part]
+
+
+def set_trainable(ae, part):
+    """Freeze every parameter of `ae` outside `part`; returns the names of the trained ones."""
+    prefixes = train_part_prefixes(ae, part)
+    names = []
+    for name, param in ae.named_parameters():
+        param.requires_grad_(name.startswith(tuple(prefixes)))
+        if param.requires_grad:
+            names.append(name)
+    return names
+
+
 # ==================================================================================================
 # 6. DiT (Peebles & Xie) with adaLN-Zero
 # ==================================================================================================

@@ -126,6 +126,7 @@ def build_training(cfg, args, device, init_sd=None):
     if init_sd is not None:
         ae.load_state_dict(init_sd, strict=True)
     ema = copy.deepcopy(ae).eval().requires_grad_(False)
+    trained = dcae15.set_trainable(ae, args.train_parts)  # the rest is frozen: no grads, no state
     disc = None
     if args.gan_weight > 0:
         # PatchGAN with 3 downsampling layers (70x70 patches) where the image allows; fewer if tiny
@@ -136,7 +137,8 @@ def build_training(cfg, args, device, init_sd=None):
         perceptual.to(device)
     loss_fn = dcae15.AutoencoderLoss(disc, perceptual, args.l1_weight, args.lpips_weight,
                                      args.gan_weight, args.gan_start)
-    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.999),
+    params = dict(ae.named_parameters())
+    opt = torch.optim.AdamW([params[n] for n in trained], lr=args.lr, betas=(0.9, 0.999),
                             weight_decay=args.weight_decay)
     opt_disc = None
     if disc is not None:
@@ -167,7 +169,8 @@ def train_step(t, x, c_prime, step, args, autocast):
         terms = {k: sum(c_terms[k] for _, c_terms in per_c) / len(per_c) for k in per_c[0][1]}
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.ae.parameters(), args.grad_clip)
+    trained = [p for p in t.ae.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, args.grad_clip)
     t.opt.step()
     common.update_ema(t.ema, t.ae, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
     terms = {"loss": loss, **terms}
@@ -286,6 +289,11 @@ def main(args):
               f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} "
               f"({describe_sampling(args, cfg)}), {world} process(es) on {device}, "
               f"perceptual {perceptual}")
+    if args.train_parts != "all":
+        n_trained = sum(p.numel() for p in t.ae.parameters() if p.requires_grad) / 1e6
+        log.write(f"training only the {args.train_parts} ({n_trained:.2f}M params: "
+                  f"{', '.join(dcae15.train_part_prefixes(t.ae, args.train_parts))}); the rest is "
+                  f"frozen")
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
     def save(final=False, picture=True):
@@ -366,6 +374,10 @@ def build_parser():
                    help="the first c' of every step is the largest choice (the full latent)")
     p.add_argument("--always-sample-min-max-channel", action="store_true",
                    help="the first two c' of every step are the smallest and the largest choice")
+    p.add_argument("--train-parts", default="all", choices=dcae15.TRAIN_PARTS,
+                   help="which layers train, the rest frozen (DC-AE's phases: all = phase 1, "
+                        "middle = phase 2's high-resolution latent adaptation, head = phase 3's GAN "
+                        "refinement of the decoder's last layers; dcae15.train_part_prefixes)")
     p.add_argument("--no-structured", action="store_true",
                    help="plain DC-AE baseline: always decode all c channels")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")

@@ -155,3 +155,60 @@ def test_several_c_per_step_under_two_process_gloo(tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     proc = run([*TINY, *SEVERAL, "--max-steps", "3", "--out", out], launcher=launcher)
     assert "DDP check: weights identical on all 2 ranks" in proc.stdout
+
+
+# ---------------------------------------------------------------------------- DC-AE's phases: a part trains
+
+
+def phase_run(tmp_path, part, extra=(), name=None, launcher=None):
+    """Phase 1 (3 steps, every layer, no GAN), then a phase training `part` only from its EMA weights."""
+    first = tmp_path / "phase1"
+    if not first.exists():
+        run([*TINY, "--gan-weight", "0", "--max-steps", "3", "--out", str(first)])
+    out = str(tmp_path / (name or part))
+    proc = run([*TINY, "--init-from", str(first / "last.pt"), "--train-parts", part, "--max-steps", "4",
+                "--out", out, *extra], launcher=launcher)
+    start = torch.load(first / "last.pt", weights_only=True)["ema"]
+    return proc, start, torch.load(os.path.join(out, "last.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize("part", ["middle", "head"])
+def test_a_phase_trains_its_part_only(tmp_path, part):
+    proc, start, ckpt = phase_run(tmp_path, part)
+    assert f"training only the {part}" in proc.stdout and ckpt["args"]["train_parts"] == part
+    ae = dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny"))
+    trained = set(dcae15.set_trainable(ae, part))
+    assert trained and len(trained) < len(dict(ae.named_parameters()))
+    for name in dict(ae.named_parameters()):
+        for weights in ("model", "ema"):
+            same = torch.equal(ckpt[weights][name], start[name])
+            assert same != (name in trained), (weights, name)  # frozen: not a bit changed; trained: changed
+    # the optimiser keeps state for the trained parameters only, in named_parameters order
+    assert len(ckpt["opt"]["state"]) == len(trained) == len(ckpt["opt"]["param_groups"][0]["params"])
+
+
+def test_the_discriminator_trains_only_when_the_gan_is_on(tmp_path):
+    # the GAN starts at step 3 of this phase: the discriminator is as initialised up to step 3, then trains
+    _, _, last = phase_run(tmp_path, "head", ["--gan-start", "3", "--max-steps", "5", "--save-every", "1"])
+    at = {s: torch.load(tmp_path / "head" / f"step_{s:07d}.pt", weights_only=True)["disc"] for s in (1, 3, 4)}
+    assert all(torch.equal(at[1][k], at[3][k]) for k in at[1])
+    assert not all(torch.equal(at[3][k], at[4][k]) for k in at[3])
+    _, _, off = phase_run(tmp_path, "head", ["--gan-weight", "0"], name="no_gan")
+    assert off["disc"] is None and off["opt_disc"] is None
+
+
+def test_a_phase_resumes_exactly_and_runs_under_two_process_gloo(tmp_path):
+    _, _, straight = phase_run(tmp_path, "middle")
+    first = str(tmp_path / "phase1" / "last.pt")
+    split = str(tmp_path / "split")
+    run([*TINY, "--init-from", first, "--train-parts", "middle", "--max-steps", "2", "--out", split])
+    run([*TINY, "--train-parts", "middle", "--max-steps", "4", "--out", split, "--resume"])
+    resumed = torch.load(os.path.join(split, "last.pt"), weights_only=True)
+    for part in ("model", "ema", "disc"):
+        for k in straight[part]:
+            assert torch.equal(straight[part][k], resumed[part][k]), (part, k)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    proc, start, ddp = phase_run(tmp_path, "middle", name="ddp", launcher=launcher)
+    assert "DDP check: weights identical on all 2 ranks" in proc.stdout
+    frozen = [k for k in start if k.startswith("encoder.project_in.")]  # outside the middle
+    assert frozen and all(torch.equal(ddp["model"][k], start[k]) for k in frozen)
