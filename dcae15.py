@@ -628,34 +628,53 @@ class AutoencoderLoss:
     A plain object, not an nn.Module: the discriminator (trained by its own optimizer) and the
     frozen LPIPS network live here so that neither is ever a submodule of the autoencoder. NOTE: the
     official weights and GAN schedule are unreleased (DC-AE trains phase 1-2 with L1 + LPIPS and
-    adds the GAN in phase 3). Defaults here are ours; the GAN weight is fixed (no VQGAN adaptive
-    weight).
+    adds the GAN in phase 3). Defaults here are ours. With adaptive_gan, w_gan is multiplied by
+    VQGAN's balance of the two losses' gradients at the decoder's last layer (`adaptive_weight`).
     """
 
     def __init__(self, discriminator=None, perceptual=None, l1_weight=1.0, lpips_weight=1.0,
-                 gan_weight=0.1, gan_start=0):
+                 gan_weight=0.1, gan_start=0, adaptive_gan=False):
         self.discriminator = discriminator
         self.perceptual = perceptual
         self.l1_weight = l1_weight
         self.lpips_weight = lpips_weight
         self.gan_weight = gan_weight
         self.gan_start = gan_start
+        self.adaptive_gan = adaptive_gan
 
     def gan_active(self, step):
         return self.discriminator is not None and self.gan_weight > 0 and step >= self.gan_start
 
-    def generator_loss(self, x, x_rec, step):
-        """The AE's loss and a dict of its detached terms. x, x_rec: (B, 3, H, W) in [-1, 1]."""
+    def generator_loss(self, x, x_rec, step, last_layer=None):
+        """The AE's loss and a dict of its detached terms. x, x_rec: (B, 3, H, W) in [-1, 1];
+        last_layer: the decoder's last weight (`last_decoder_weight`), needed with adaptive_gan."""
         terms = {"l1": (x_rec - x).abs().mean()}
         if self.perceptual is not None:  # LPIPS expects [-1, 1], which is our image range
             terms["lpips"] = self.perceptual(x_rec.float(), x.float()).mean()
-        if self.gan_active(step):
-            terms["gan"] = -self.discriminator(x_rec).float().mean()  # hinge generator loss
         # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit
         # #143).
-        weights = {"l1": self.l1_weight, "lpips": self.lpips_weight, "gan": self.gan_weight}
+        weights = {"l1": self.l1_weight, "lpips": self.lpips_weight}
         loss = sum(weights[k] * v for k, v in terms.items())
+        if self.gan_active(step):
+            terms["gan"] = -self.discriminator(x_rec).float().mean()  # hinge generator loss
+            weight = self.gan_weight
+            if self.adaptive_gan:
+                terms["gan_scale"] = self.adaptive_weight(loss, terms["gan"], last_layer)
+                weight = weight * terms["gan_scale"]
+            loss = loss + weight * terms["gan"]
         return loss, {k: v.detach() for k, v in terms.items()}
+
+    @staticmethod
+    def adaptive_weight(rec_loss, gan_loss, last_layer):
+        """VQGAN's balance (Esser et al. 2021, eq. 7): |grad rec| / (|grad gan| + 1e-4), the
+        gradients taken at the decoder's last layer, clipped to [0, 1e4], not differentiated. The GAN
+        term then pulls that layer as hard as the reconstruction does (times gan_weight), whatever
+        the scale of the discriminator's logits."""
+        if last_layer is None:
+            raise ValueError("the adaptive GAN weight needs the decoder's last layer")
+        g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+        g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+        return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
 
     def discriminator_loss(self, x, x_rec, discriminator=None):
         """Hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))), both halves weighted 1/2.
@@ -694,6 +713,12 @@ def train_part_prefixes(ae, part):
             "middle": [f"encoder.stages.{enc[-1]}.", "encoder.project_out.",
                        "decoder.project_in.", f"decoder.stages.{dec[-1]}."],
             "head": [f"decoder.stages.{dec[0]}.", "decoder.project_out."]}[part]
+
+
+def last_decoder_weight(ae):
+    """The weight of the decoder's last convolution: where VQGAN's adaptive GAN weight compares the
+    gradients (it is in every part a phase trains but "middle", which runs no GAN)."""
+    return [m for m in ae.decoder.project_out.modules() if isinstance(m, nn.Conv2d)][-1].weight
 
 
 def set_trainable(ae, part):

@@ -136,7 +136,7 @@ def build_training(cfg, args, device, init_sd=None):
     if perceptual is not None:
         perceptual.to(device)
     loss_fn = dcae15.AutoencoderLoss(disc, perceptual, args.l1_weight, args.lpips_weight,
-                                     args.gan_weight, args.gan_start)
+                                     args.gan_weight, args.gan_start, args.gan_adaptive_weight)
     params = dict(ae.named_parameters())
     opt = torch.optim.AdamW([params[n] for n in trained], lr=args.lr, betas=(0.9, 0.999),
                             weight_decay=args.weight_decay)
@@ -164,7 +164,8 @@ def train_step(t, x, c_prime, step, args, autocast):
         x_rec, _ = t.ae_ddp(x, c_prime)
         recs = x_rec if isinstance(x_rec, list) else [x_rec]
         # the loss of each c', averaged (as the official diffusion trainer averages its c' passes)
-        per_c = [t.loss_fn.generator_loss(x, r, step) for r in recs]
+        last = dcae15.last_decoder_weight(t.ae) if args.gan_adaptive_weight else None
+        per_c = [t.loss_fn.generator_loss(x, r, step, last) for r in recs]
         loss = sum(c_loss for c_loss, _ in per_c) / len(per_c)
         terms = {k: sum(c_terms[k] for _, c_terms in per_c) / len(per_c) for k in per_c[0][1]}
     t.opt.zero_grad(set_to_none=True)
@@ -239,6 +240,9 @@ def main(args):
         cfg = dcae15.build_dcae_config(args.model)
     choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
     check_channel_sampling(args)
+    if args.gan_adaptive_weight and args.gan_weight > 0 and args.train_parts == "middle":
+        raise ValueError("--gan-adaptive-weight compares gradients at the decoder's last layer, "
+                         "which --train-parts middle freezes; train all or head with the GAN")
     f = 2 ** (len(cfg.encoder.width_list) - 1)
     if args.image_size % f:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial "
@@ -397,6 +401,9 @@ def build_parser():
                         "phase, after the reconstruction has converged (e.g. --gan-weight 0.1 "
                         "--gan-start 100000 on a real run)")
     p.add_argument("--gan-start", type=int, default=0, help="step at which the GAN loss starts")
+    p.add_argument("--gan-adaptive-weight", action="store_true",
+                   help="multiply --gan-weight by VQGAN's adaptive weight (the ratio of the "
+                        "reconstruction and GAN gradient norms at the decoder's last layer)")
     p.add_argument("--disc-lr", type=float, default=2e-4, help="learning rate of the discriminator")
     p.add_argument("--ema-decay", type=float, default=0.995,
                    help="EMA decay; short classroom runs need a short average (official runs: 0.9999)")

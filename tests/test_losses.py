@@ -88,3 +88,16 @@ def test_ae_loss_falls_when_overfitting_one_batch(tiny_ae):
 def test_patch_discriminator_shape():
     d = dcae15.PatchDiscriminator()
     assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
+
+
+def test_adaptive_gan_weight_balances_the_gradients_at_the_last_layer():
+    w = torch.randn(4, 3, requires_grad=True)
+    rec, gan = (2.0 * w).sum(), (0.5 * w).sum()  # gradients 2 and 0.5 in each of 12 entries
+    scale = dcae15.AutoencoderLoss.adaptive_weight(rec, gan, w)
+    n = 12 ** 0.5
+    assert scale.item() == pytest.approx(2 * n / (0.5 * n + 1e-4)) and not scale.requires_grad
+    # with the scale, the GAN term pulls the last layer exactly as hard as the reconstruction
+    (g,) = torch.autograd.grad(scale * gan, w)
+    assert g.norm().item() == pytest.approx(2 * n, rel=1e-4)
+    with pytest.raises(ValueError, match="last layer"):
+        dcae15.AutoencoderLoss.adaptive_weight(rec, gan, None)

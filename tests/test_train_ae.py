@@ -108,6 +108,7 @@ def test_two_process_gloo_ddp(tmp_path):
     (["--always-sample-max-channel", "--always-sample-min-max-channel", "--num-sample-latent-channels", "3"],
      "pass only one of"),
     (["--no-structured", "--num-sample-latent-channels", "2"], "--no-structured always decodes all c"),
+    (["--train-parts", "middle", "--gan-adaptive-weight"], "which --train-parts middle freezes"),
 ])
 def test_bad_input_fails_before_writing(tmp_path, extra, message):
     out = str(tmp_path / "run")
@@ -208,7 +209,8 @@ def test_a_phase_resumes_exactly_and_runs_under_two_process_gloo(tmp_path):
         for k in straight[part]:
             assert torch.equal(straight[part][k], resumed[part][k]), (part, k)
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    proc, start, ddp = phase_run(tmp_path, "middle", name="ddp", launcher=launcher)
-    assert "DDP check: weights identical on all 2 ranks" in proc.stdout
-    frozen = [k for k in start if k.startswith("encoder.project_in.")]  # outside the middle
+    # the head under DDP with the GAN and its adaptive weight (gradients taken before backward)
+    proc, start, ddp = phase_run(tmp_path, "head", ["--gan-adaptive-weight"], name="ddp", launcher=launcher)
+    assert "DDP check: weights identical on all 2 ranks" in proc.stdout and "gan_scale" in proc.stdout
+    frozen = [k for k in start if k.startswith("encoder.project_in.")]  # outside the head
     assert frozen and all(torch.equal(ddp["model"][k], start[k]) for k in frozen)
