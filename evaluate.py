@@ -261,6 +261,15 @@ def ssim(x, y, data_range=255.0):
     return s.mean(dim=(1, 2, 3))
 
 
+def laplacian_energy(x):
+    """Per-image mean square of the 3x3 Laplacian of uint8 (B, 3, H, W) images: the energy of the
+    finest detail (edges, stripes, texture). `recon`'s sharpness is its ratio, reconstructions to
+    originals: 1 is as crisp as the originals, a blurred reconstruction is below 1."""
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64,
+                     device=x.device).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(x.double(), k, groups=x.shape[1]).pow(2).mean(dim=(1, 2, 3))
+
+
 def build_lpips_alex(mode):
     """LPIPS-AlexNet (the official evaluation's metric); None with a message if weights are missing."""
     if mode == "off":
@@ -302,7 +311,8 @@ def recon_metrics(ae, dataset, channel_list, args, device, inception, ref_stats,
     rFID (when `inception` is given) compares the reconstructions' features with `ref_stats`, the
     originals'.
     """
-    sums = {c: {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0} for c in channel_list}
+    sums = {c: {"psnr": 0.0, "ssim": 0.0, "sharpness": 0.0, "lpips": 0.0} for c in channel_list}
+    detail = 0.0  # the originals' Laplacian energy, summed: sharpness = reconstructions' / this
     stats = {c: FeatureStats() for c in channel_list} if inception is not None else None
     n = 0
     batches = image_batches(dataset, args.num_images, args.batch_size, rank, world,
@@ -311,11 +321,13 @@ def recon_metrics(ae, dataset, channel_list, args, device, inception, ref_stats,
         x = x.to(device)
         z = ae.encode(x)
         x8 = common.to_uint8(x)
+        detail += laplacian_energy(x8).sum().item()
         for c in channel_list:
             rec = ae.decode(z[:, :c]).clamp(-1, 1)
             r8 = common.to_uint8(rec)
             sums[c]["psnr"] += common.psnr(rec, x).sum().item()
             sums[c]["ssim"] += ssim(r8, x8).sum().item()
+            sums[c]["sharpness"] += laplacian_energy(r8).sum().item()
             if lpips_net is not None:  # on the uint8-quantised images, in [-1, 1]
                 d = lpips_net(r8.float() / 127.5 - 1, x8.float() / 127.5 - 1)
                 sums[c]["lpips"] += d.sum().item()
@@ -326,6 +338,7 @@ def recon_metrics(ae, dataset, channel_list, args, device, inception, ref_stats,
     results = {}
     for c in channel_list:
         row = {k: common.all_reduce_mean(v) * world / n for k, v in sums[c].items()}
+        row["sharpness"] /= common.all_reduce_mean(detail) * world / n
         if lpips_net is None:
             row.pop("lpips")
         if stats is not None:

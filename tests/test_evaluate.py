@@ -1,6 +1,7 @@
 """evaluate.py: the FID Inception, Fréchet distance, streaming statistics, PSNR/SSIM, and the commands."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -71,8 +72,13 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     a.add(feats[:120])
     b.add(feats[120:200])
     b.add(feats[200:])
-    with pytest.warns(UserWarning, match="< 2048 images"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 300 images for 16 dimensions: a full-rank covariance, no warning
         mu, sigma = a.merge(b).mu_sigma()
+    few = evaluate.FeatureStats(16)
+    few.add(feats[:10])
+    with pytest.warns(UserWarning, match="from 10 < 16 images"):  # rank-deficient: say so
+        few.mu_sigma()
     np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
     path = str(tmp_path / "stats.npz")
@@ -95,6 +101,18 @@ def test_ssim_known_pairs():
     assert 0 < evaluate.ssim(noisy, x).min() < 1
 
 
+def test_laplacian_energy_and_sharpness():
+    flat = torch.full((1, 3, 12, 12), 77, dtype=torch.uint8)
+    assert evaluate.laplacian_energy(flat).item() == 0  # no detail at all
+    # a checkerboard of 0 / 255: every interior Laplacian is +-4 * 255
+    board = ((torch.arange(12)[:, None] + torch.arange(12)[None]) % 2 * 255).to(torch.uint8).expand(1, 3, 12, 12)
+    assert evaluate.laplacian_energy(board).item() == pytest.approx((4 * 255) ** 2)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    blurred = common.to_uint8(evaluate.random_blur(x.float() / 127.5 - 1, 2.0).clamp(-1, 1))
+    before, after = evaluate.laplacian_energy(x), evaluate.laplacian_energy(blurred)
+    assert (after <= before).all() and after.mean() < 0.5 * before.mean()  # blur (random sigma) loses detail
+
+
 def run(args):
     return run_script("evaluate.py", args, check=False)
 
@@ -114,7 +132,7 @@ def test_commands_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.load(open(out_json))["results"]
     assert set(result) == {"model", "baseline"} and set(result["model"]) == {"2", "8"}
-    assert set(result["model"]["8"]) == {"psnr", "ssim", "rfid"}
+    assert set(result["model"]["8"]) == {"psnr", "ssim", "sharpness", "rfid"}
     assert result["model"]["8"] == result["baseline"]["8"]  # same checkpoint in both columns
     assert "c_prime" in proc.stdout and "model psnr" in proc.stdout
 
