@@ -201,6 +201,16 @@ def adopt_run_flags(args, run_args, parser, free_args):
         setattr(args, key, value)
 
 
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on stdout. On a terminal it redraws often; redirected to a file (SLURM, nohup) it
+    writes at most one update every 30 s, so that a log holds a few progress lines rather than a
+    fragment per step."""
+    interactive = sys.stdout.isatty()
+    interval = 0.1 if interactive else 30.0
+    return tqdm(iterable, file=sys.stdout, dynamic_ncols=interactive, mininterval=interval,
+                maxinterval=max(10.0, interval), **kwargs)
+
+
 class RunLog:
     """Rank 0's log lines, to stdout (above the tqdm bar) and to <out>/log.txt, and their averages.
 

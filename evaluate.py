@@ -38,7 +38,6 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torchvision.models import inception as tv_inception
-from tqdm import tqdm
 
 import common
 import data
@@ -298,7 +297,7 @@ def image_batches(dataset, num_images, batch_size, rank=0, world=1, desc=None):
     """Batches of (images in [-1, 1], labels) of the first num_images items, this rank's share."""
     n = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
     starts = list(range(0, n, batch_size))[rank::world]
-    for start in tqdm(starts, desc=desc, disable=desc is None or rank != 0, file=sys.stdout):
+    for start in common.progress(starts, desc=desc, disable=desc is None or rank != 0):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         yield torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
 
@@ -467,7 +466,7 @@ def cmd_fid(args, rank, world, device):
         ref = stats.mu_sigma()
     stats = FeatureStats()
     batches = sample_batches(args, rank, world, device)
-    for x in tqdm(batches, desc="sample features", disable=rank != 0, file=sys.stdout):
+    for x in common.progress(batches, desc="sample features", disable=rank != 0):
         stats.add(inception(x.to(device)))
     stats.all_reduce()
     fid = frechet_distance(*stats.mu_sigma(), *ref)
@@ -528,7 +527,7 @@ def train_judge(x, y, num_classes, steps, device, seed=0):
     judge = class_judge(num_classes).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # a settled judge at the end
-    for _ in tqdm(range(steps), desc="training the judge", file=sys.stdout):
+    for _ in common.progress(range(steps), desc="training the judge"):
         idx = torch.randint(len(x), (64,), generator=gen)
         xb = random_blur(x[idx].float() / 127.5 - 1, 1.5, gen).to(device)
         xb = xb + 0.1 * torch.randn_like(xb)  # and robust to the noise left in samples

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import common
 import dcae15
@@ -70,7 +69,7 @@ def main(args):
     n_batches = (args.num_samples + args.batch_size - 1) // args.batch_size
     mine = list(range(rank, n_batches, world))  # batch b is sampled by rank b % world
     images = {}
-    for b in tqdm(mine, desc="sampling", disable=rank != 0, file=sys.stdout):
+    for b in common.progress(mine, desc="sampling", disable=rank != 0):
         y = torch.tensor(labels[b * args.batch_size : (b + 1) * args.batch_size], device=device)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
         x = dcae15.generate(model, ae, scale, y, gen, objective.name, args.steps, sampler,

@@ -25,7 +25,6 @@ from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
 import data
@@ -318,8 +317,7 @@ def main(args):
         return report, scale
 
     # ------------------------------------------------------------------ training loop
-    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True,
-                file=sys.stdout)
+    pbar = common.progress(total=args.max_steps, initial=step, disable=not master)
     while step < args.max_steps:
         x, _ = next(loader)
         c_prime = draw_c_prime(args, choices, cfg.latent_channels, channel_gen)

@@ -26,7 +26,6 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
 import data
@@ -60,7 +59,7 @@ def encode_images(ae, dataset, indices, flip, batch_size, device, desc=None):
     latents, mirrored, labels = [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     starts = range(0, len(indices), batch_size)
-    for start in tqdm(starts, desc=desc, disable=desc is None, file=sys.stdout):
+    for start in common.progress(starts, desc=desc, disable=desc is None):
         items = [dataset[i] for i in indices[start : start + batch_size]]
         x = torch.stack([im for im, _ in items]).to(device)
         labels.append(torch.tensor([label for _, label in items]))
@@ -265,8 +264,7 @@ def main(args):
             common.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
-    pbar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True,
-                file=sys.stdout)
+    pbar = common.progress(total=args.max_steps, initial=step, disable=not master)
     while step < args.max_steps:
         idx = torch.tensor([next(sampler) for _ in range(local_batch)])
         # scaled as the official code does

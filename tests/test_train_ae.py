@@ -59,6 +59,14 @@ def test_save_every_keeps_steps_between_pictures_and_leaves_the_run_unchanged(tm
     assert torch.load(os.path.join(kept, "step_0000004.pt"), weights_only=True)["step"] == 4
 
 
+def test_progress_redirected_to_a_file_is_a_few_lines_not_one_per_step(tmp_path):
+    out = str(tmp_path / "run")
+    proc = run([*TINY, "--gan-weight", "0", "--max-steps", "40", "--log-every", "100", "--sample-every", "100",
+                "--out", out])  # stdout is not a terminal here, as under SLURM or nohup
+    bar_draws = proc.stdout.count("it/s]") + proc.stdout.count("s/it]")
+    assert 1 <= bar_draws <= 3, proc.stdout  # the first and the last draw, not one per step
+
+
 def test_resume_is_exact(tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     run([*TINY, "--max-steps", "6", "--out", straight])
