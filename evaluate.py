@@ -717,9 +717,9 @@ def parse_runs(specs):
     return runs
 
 
-def run_points(folder):
+def run_points(folder, max_step=None):
     """({step: checkpoint file}, the newest checkpoint) of a train_dit.py run folder: its
-    step_NNNNNNN.pt files (--save-every) and last.pt."""
+    step_NNNNNNN.pt files (--save-every) and last.pt, up to step max_step if it is given."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"run folder not found: {folder}")
     points = {}
@@ -735,7 +735,10 @@ def run_points(folder):
                          f"with train_dit.py --save-every N --out {folder}")
     if os.path.isfile(last):
         points.setdefault(newest["step"], last)
-    return dict(sorted(points.items())), newest
+    points = {s: p for s, p in sorted(points.items()) if max_step is None or s <= max_step}
+    if not points:
+        raise ValueError(f"{folder} has no point at or before --max-step {max_step}")
+    return points, newest
 
 
 def check_runs(meta):
@@ -966,7 +969,8 @@ def cmd_curve(args, rank, world, device):
         if not args.run:
             raise ValueError("pass --run LABEL=DIR[,DIR...] (one or more), or --from-csv FILE")
         runs = parse_runs(args.run)
-        meta = {label: [(f, *run_points(f)) for f in folders] for label, folders in runs.items()}
+        meta = {label: [(f, *run_points(f, args.max_step)) for f in folders]
+                for label, folders in runs.items()}
         check_runs(meta)
         metrics = [metric_name(k, s) for s in cfg_scales for k in ("share", "fd")]
     baseline = args.baseline or (rows[0]["label"] if args.from_csv else next(iter(runs)))
@@ -1173,6 +1177,8 @@ def build_parser():
                         "repeat for each curve. The points are its step_*.pt (--save-every) and "
                         "last.pt")
     v.add_argument("--baseline", default=None, help="label of the baseline (default: the first)")
+    v.add_argument("--max-step", type=int, default=None,
+                   help="only the points up to this step (a fixed training budget)")
     v.add_argument("--speedup-metric", default="fd_g1",
                    help="metric of the speed-up: share_gS or fd_gS (S a guidance scale)")
     v.add_argument("--csv", default=os.path.join("runs", "curve.csv"), help="table of every point")

@@ -171,6 +171,10 @@ def test_curve_end_to_end_and_cached_points(runs):
     # and the CSV alone redraws the table, without checkpoints
     redrawn = run_script("evaluate.py", ["curve", "--from-csv", d / "curve.csv", "--plot", d / "again.png"])
     assert "speed-up of aug over plain" in redrawn.stdout
+    # a fixed budget: only the points up to --max-step (here cached already)
+    budget = run_script("evaluate.py", [*curve_args(d, f"aug={d / 'aug0'}"), "--max-step", "3"])
+    assert [r["step"] for r in json.loads((d / "curve.json").read_text())["rows"]] == [2]
+    assert " step 2: " not in budget.stdout
 
 
 def test_curve_bad_input_fails_before_any_work(runs, tmp_path):
@@ -189,3 +193,16 @@ def test_curve_bad_input_fails_before_any_work(runs, tmp_path):
     proc = run_script("evaluate.py", [*curve_args(tmp_path, f"a={d / 'aug0'}"), "--speedup-metric", "fid_g1"],
                       check=False)
     assert proc.returncode != 0 and "is not measured" in proc.stderr
+    proc = run_script("evaluate.py", [*curve_args(tmp_path, f"a={d / 'aug0'}"), "--max-step", "1"], check=False)
+    assert proc.returncode != 0 and "no point at or before --max-step 1" in proc.stderr
+
+
+def test_curve_adds_fid_with_the_inception_weights(runs, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"  # random weights in the real file format (the real ones are offline)
+    torch.save(evaluate.FIDInception().net.state_dict(), weights)
+    args = [*curve_args(tmp_path, f"aug={runs / 'aug0'}"), "--max-step", "2", "--cfg-scales", "1", "--fid", "on",
+            "--inception-weights", weights, "--num-val", "8"]
+    run_script("evaluate.py", args)
+    (row,) = json.loads((tmp_path / "curve.json").read_text())["rows"]
+    assert set(row) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "fid_g1"} and row["fid_g1"] >= 0
