@@ -1,0 +1,168 @@
+"""
+How fast each piece runs on this machine: the AE training step, encode and decode, the DiT training
+step (plain and augmented), sampling, and the FID feature extractor.
+
+    python bench.py                                           # the classroom presets (CPU, or a GPU)
+    python bench.py --ae dc-ae-f32c128-1.5 --dit DiT-XL --image-size 512 --batch-size 32   # paper scale
+
+Random weights and random inputs: speed does not depend on what the weights are, so nothing is
+downloaded. On CUDA, bf16 autocast (as the training scripts), timings between synchronisations, and
+the achieved TFLOP/s from the FLOPs torch.utils.flop_counter counts in one iteration (matrix products
+and convolutions; forward and backward for the training steps, the optimiser not counted).
+"""
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import common
+import dcae15
+
+
+def timed(fn, iters, warmup, device):
+    """Seconds per call of fn, averaged over `iters` calls after `warmup` untimed ones."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def counted_flops(fn):
+    """FLOPs of one call of fn (matrix products and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def build_pieces(args, device):
+    """{name: (function doing one iteration, items per iteration, unit)}."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    gen = torch.Generator(device).manual_seed(0)
+    torch.manual_seed(0)
+    ae = dcae15.DCAE(dcae15.build_dcae_config(args.ae)).to(device)
+    f, C, B = ae.spatial_compression_ratio, ae.latent_channels, args.batch_size
+    if args.image_size % f:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by {args.ae}'s "
+                         f"compression {f}")
+    x = torch.rand(B, 3, args.image_size, args.image_size, device=device, generator=gen) * 2 - 1
+    loss_fn = dcae15.AutoencoderLoss(l1_weight=1.0, lpips_weight=0.0)  # L1: no weights to download
+    ae_opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
+    choices = dcae15.default_channel_choices(C)
+
+    def ae_train():  # one structured step: c' = c/2, reconstruct, L1, backward, AdamW
+        with autocast:
+            rec, _ = ae(x, choices[len(choices) // 2 - 1])
+            loss, _ = loss_fn.generator_loss(x, rec, 0)
+        ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ae_opt.step()
+
+    with torch.no_grad():
+        z = ae.encode(x)
+
+    @torch.no_grad()
+    def encode():
+        with autocast:
+            ae.encode(x)
+
+    @torch.no_grad()
+    def decode():
+        with autocast:
+            ae.decode(z)
+
+    h = args.image_size // f
+    cfg = dcae15.build_dit_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
+    dit = dcae15.DiT(cfg).to(device)
+    dit_opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
+    objective = dcae15.build_objective(args.objective)
+    y = torch.randint(1000, (B,), device=device, generator=gen)
+    latents = torch.randn(B, C, h, h, device=device, generator=gen)
+
+    def dit_train(c_prime):
+        def step():
+            with autocast:
+                loss, _ = objective.training_loss(dit, latents, y, c_prime=c_prime)
+            dit_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dit_opt.step()
+        return step
+
+    def sample():  # the DiT's sampler with guidance, then decoding
+        dcae15.generate(dit.eval(), ae.eval(), 1.0, y, gen, args.objective, args.sample_steps,
+                        cfg_scale=4.0)
+
+    pieces = {
+        "AE train step (c' = c/2)": (ae_train, B, "img"),
+        "AE encode": (encode, B, "img"),
+        "AE decode": (decode, B, "img"),
+        f"DiT train step, plain ({args.objective})": (dit_train(None), B, "latent"),
+        f"DiT train step, augmented ({args.objective})": (dit_train(choices[0]), B, "latent"),
+        f"sampling ({args.sample_steps} steps, guidance 4, decode)": (sample, B, "img"),
+    }
+    if not args.no_fid:
+        import evaluate  # the FID network lives with the FID code; a bench may borrow it
+
+        inception = evaluate.FIDInception().to(device).eval()
+        images = common.to_uint8(x)
+        pieces["FID features (Inception, 299 px)"] = (lambda: inception(images), B, "img")
+    return pieces
+
+
+def main(args):
+    common.check_positive(args, ("batch_size", "iters", "sample_steps"))
+    _, _, device = common.setup_distributed(args.device)
+    pieces = build_pieces(args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.ae} + {args.dit} at {args.image_size} px, batch {args.batch_size}, on {name}"
+          + (" (bf16 autocast)" if device.type == "cuda" else ""))
+    print(f"{'piece':<46} | {'ms / iter':>10} | {'items / s':>15} | {'GFLOP / iter':>12} | "
+          f"{'TFLOP/s':>8}")
+    print("-" * 103)
+    rows = {}
+    for label, (fn, items, unit) in pieces.items():
+        seconds = timed(fn, args.iters, args.warmup, device)
+        flops = counted_flops(fn)
+        rows[label] = {"ms": seconds * 1e3, "per_s": items / seconds, "gflop": flops / 1e9,
+                       "tflops": flops / seconds / 1e12}
+        r = rows[label]
+        print(f"{label:<46} | {r['ms']:>10.1f} | {r['per_s']:>8.1f} {unit:<6} | {r['gflop']:>12.4g} | "
+              f"{r['tflops']:>8.3f}")
+    return rows
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Throughput of each piece of dcae15 on this device.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ae", default="dc-ae-f16c64-classroom",
+                   help=f"AE preset: {', '.join(dcae15.DCAE_CONFIGS)}")
+    p.add_argument("--dit", default="DiT-classroom", help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
+    p.add_argument("--image-size", type=int, default=64, help="image resolution")
+    p.add_argument("--batch-size", type=int, default=16, help="items per iteration")
+    p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
+                   help="the DiT's objective (and so its sampler)")
+    p.add_argument("--sample-steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations of each piece")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    p.add_argument("--no-fid", action="store_true", help="skip the FID network")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    return p
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        main(build_parser().parse_args())
+    except ValueError as err:
+        sys.exit(f"bench.py: error: {err}")
