@@ -13,6 +13,7 @@ To train on your own images, use `--data imagefolder --data-path DIR`; to change
 
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -188,21 +189,59 @@ def data_seed(run_args):
     return run_args.get("data_seed", run_args.get("seed", 0))
 
 
-def build_dataset(name, split, image_size, data_path=None, seed=0, size=None):
+def build_dataset(name, split, image_size, data_path=None, seed=0, size=None, skip_bad=False):
     """The dataset `name` ('shapes' | 'imagefolder' | 'cifar10'); items are (image in [-1, 1], label).
 
     Raises a clear error (before any training) for a missing folder or an offline CIFAR-10 download.
+    skip_bad: an image folder's unreadable files are skipped and counted instead of stopping the run.
     """
     if name == "shapes":
         return ShapesDataset(split, size=size, image_size=image_size, seed=seed)
     if name == "imagefolder":
-        return image_folder(data_path, split, image_size)
+        return image_folder(data_path, split, image_size, skip_bad)
     if name == "cifar10":
         return cifar10(data_path or "data", split, image_size)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def image_folder(data_path, split, image_size):
+class BadImageError(ValueError):
+    """An image file that cannot be read: truncated, corrupt, or not an image."""
+
+
+class ImageFiles(TransformedDataset):
+    """The items of an image folder. A file that cannot be read stops the run with a one-line error
+    that names it; with skip_bad, it is replaced by the next readable file, and a warning on stderr
+    names it and counts the files this process has skipped."""
+
+    def __init__(self, base, transform, num_classes, skip_bad=False):
+        super().__init__(base, transform, num_classes)
+        self.skip_bad, self.skipped = skip_bad, set()
+
+    def __getitem__(self, i):
+        for k in range(i, i + len(self)):
+            k %= len(self)
+            path = self.base.samples[k][0]
+            try:
+                return super().__getitem__(k)
+            except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for a broken file
+                if not self.skip_bad:
+                    raise BadImageError(f"cannot read image {path} ({err}); repair or delete it, or "
+                                        f"pass --skip-bad-images to skip such files") from None
+                if path not in self.skipped:
+                    self.skipped.add(path)
+                    print(f"warning: skipped unreadable image {path} ({err}); "
+                          f"{len(self.skipped)} skipped by this process", file=sys.stderr)
+        raise BadImageError(f"no readable image under {self.base.root}")
+
+
+def one_line(err):
+    """A BadImageError raised in a DataLoader worker reaches the main process with the worker's
+    traceback in its text: keep the last line, the message itself."""
+    text = str(err).strip().splitlines()[-1]
+    return BadImageError(text.split("BadImageError: ", 1)[-1])
+
+
+def image_folder(data_path, split, image_size, skip_bad=False):
     """DIR/<split>/<class>/*.jpg if DIR/<split> exists (the ImageNet layout), else DIR/<class>/*.jpg."""
     if not data_path or not os.path.isdir(data_path):
         raise FileNotFoundError(f"--data imagefolder needs --data-path DIR with one sub-folder per class; "
@@ -218,7 +257,7 @@ def image_folder(data_path, split, image_size):
     def transform(im):
         return pil_to_tensor(adm_center_crop(im.convert("RGB"), image_size))
 
-    return TransformedDataset(base, transform, len(base.classes))
+    return ImageFiles(base, transform, len(base.classes), skip_bad)
 
 
 def cifar10(root, split, image_size):
@@ -285,5 +324,8 @@ def infinite_loader(dataset, global_batch, rank, world_size, seed, start_step, n
     loader = torch.utils.data.DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler,
                                          num_workers=num_workers, pin_memory=device.type == "cuda",
                                          persistent_workers=num_workers > 0)
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    try:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    except BadImageError as err:
+        raise one_line(err) from None

@@ -376,7 +376,8 @@ def cmd_recon(args, rank, world, device):
     if baseline is not None and baseline.latent_channels != C:
         raise ValueError(f"--baseline-ckpt has {baseline.latent_channels} latent channels, "
                          f"--ae-ckpt {C}")
-    dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed)
+    dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed,
+                                 skip_bad=args.skip_bad_images)
     f = ae.spatial_compression_ratio
     if args.image_size % f:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the compression {f}")
@@ -403,7 +404,8 @@ def cmd_recon(args, rank, world, device):
 
 
 def cmd_ref(args, rank, world, device):
-    dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed)
+    dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed,
+                                 skip_bad=args.skip_bad_images)
     inception = build_inception(find_inception_weights(args.inception_weights), device)
     stats = dataset_stats(dataset, args, inception, device, rank, world, "reference features")
     if rank == 0:
@@ -1094,6 +1096,8 @@ def build_parser():
     def data_flags(q, default_split):
         q.add_argument("--data", default="shapes", choices=data.DATASETS, help="dataset")
         q.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
+        q.add_argument("--skip-bad-images", action="store_true",
+                       help="skip unreadable files of an image folder instead of stopping")
         q.add_argument("--split", default=default_split, choices=["train", "val"],
                        help="dataset split")
         q.add_argument("--image-size", type=int, default=64, help="resolution (ADM centre crop)")

@@ -32,7 +32,7 @@ import dcae15
 
 # Flags that may differ when resuming (they do not change what is computed); the rest must match.
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
-                    "device"}
+                    "device", "skip_bad_images"}
 
 
 def parse_channel_list(text, latent_channels):
@@ -255,8 +255,9 @@ def main(args):
                          f"processes")
     master = rank == 0
     train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
-                                   args.data_seed)
-    val_set = data.build_dataset(args.data, "val", args.image_size, args.data_path, args.data_seed)
+                                   args.data_seed, skip_bad=args.skip_bad_images)
+    val_set = data.build_dataset(args.data, "val", args.image_size, args.data_path, args.data_seed,
+                                 skip_bad=args.skip_bad_images)
 
     # ------------------------------------------------------------------ models, losses, optimisers
     t = build_training(cfg, args, device, init_sd)
@@ -359,6 +360,9 @@ def build_parser():
                    help="shapes: built-in procedural set (no files); imagefolder: --data-path with "
                         "class folders; cifar10: torchvision's CIFAR-10 under --data-path")
     p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable files of an image folder (a warning names each) instead of "
+                        "stopping at the first")
     p.add_argument("--image-size", type=int, default=64,
                    help="training resolution (a multiple of the compression)")
     p.add_argument("--out", default="runs/ae", help="run folder: last.pt, log.txt, recon_partial.png")

@@ -33,7 +33,7 @@ import dcae15
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
-                    "cache_dir", "encode_batch_size", "ae_ckpt"}
+                    "cache_dir", "encode_batch_size", "ae_ckpt", "skip_bad_images"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def main(args):
                          f"processes")
     master = rank == 0
     train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
-                                   args.data_seed)
+                                   args.data_seed, skip_bad=args.skip_bad_images)
     num_classes = train_set.num_classes
     latents, labels = build_latent_cache(args, ae, ae_info, train_set, rank, world, device)
     ae.to(device)  # kept for the sample grids
@@ -314,6 +314,9 @@ def build_parser():
                    help="DiT patch size (1 for DC-AE latents, as official)")
     p.add_argument("--data", default="shapes", choices=data.DATASETS, help="training images")
     p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable files of an image folder (a warning names each) instead of "
+                        "stopping at the first")
     p.add_argument("--image-size", type=int, default=64,
                    help="image resolution (latent size = this / compression)")
     p.add_argument("--max-images", type=int, default=10000,

@@ -102,3 +102,51 @@ def test_imagefolder_and_offline_cifar(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(FileNotFoundError, match="could not be downloaded.*--data shapes"):
         data.build_dataset("cifar10", "train", 32, str(tmp_path / "cifar"))
+
+
+def bad_folder(root):
+    """Two classes of small PNGs and, among them, a truncated JPEG."""
+    from PIL import Image
+
+    for label, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (24, 24), (60 * i, 50, 200 * label)).save(root / cls / f"{i}.png")
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(root / "cat" / "2.jpg")
+    (root / "cat" / "2.jpg").write_bytes((root / "cat" / "2.jpg").read_bytes()[:200])  # truncated
+    return str(root / "cat" / "2.jpg")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_bad_image_stops_training_with_one_line_naming_it_or_is_skipped(tmp_path, workers):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    bad = bad_folder(tmp_path / "imgs")
+    args = [sys.executable, os.path.join(ROOT, "train_ae.py"), "--model", "dc-ae-tiny", "--data", "imagefolder",
+            "--data-path", str(tmp_path / "imgs"), "--image-size", "16", "--batch-size", "9", "--max-steps", "1",
+            "--perceptual", "off", "--num-workers", workers, "--out", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # one line, from a worker process too
+    assert line.startswith(f"train_ae.py: error: cannot read image {bad} (") and "--skip-bad-images" in line, line
+    proc = subprocess.run(args + ["--skip-bad-images", "--out", str(tmp_path / "skip")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: skipped unreadable image {bad}" in proc.stderr
+
+
+def test_skipped_image_is_replaced_by_the_next_readable_one(tmp_path):
+    bad = bad_folder(tmp_path / "imgs")
+    ds = data.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"), skip_bad=True)
+    i = [path for path, _ in ds.base.samples].index(bad)
+    x, y = ds[i]
+    x_next, y_next = ds[(i + 1) % len(ds)]
+    assert torch.equal(x, x_next) and y == y_next and ds.skipped == {bad}
+    strict = data.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"))
+    with pytest.raises(data.BadImageError, match="cannot read image .*2.jpg"):
+        strict[i]
