@@ -292,6 +292,81 @@ def save_npz(path, **arrays):
             os.remove(tmp)
 
 
+def create_npy(path, shape, dtype):
+    """An .npy file of the given shape, its rows still zero (a sparse file): processes then write
+    their rows with write_npy_rows, and no process ever holds the whole array."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(shape)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+        fh.truncate(fh.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+
+
+def npy_layout(fh):
+    """(shape, dtype, offset of the data) of an open .npy file (or zip member)."""
+    version = np.lib.format.read_magic(fh)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, fortran, dtype = read_header(fh)
+    if fortran:
+        raise ValueError("Fortran-ordered .npy arrays are not supported")
+    return shape, dtype, fh.tell()
+
+
+def write_npy_rows(path, start, rows):
+    """Write `rows` (a numpy array) into the .npy file at `path` from row `start` on, in place."""
+    with open(path, "r+b") as fh:
+        shape, dtype, offset = npy_layout(fh)
+        if rows.shape[1:] != tuple(shape[1:]) or rows.dtype != dtype or start + len(rows) > shape[0]:
+            raise ValueError(f"rows {rows.dtype} {rows.shape} at {start} do not fit {path} "
+                             f"({dtype} {shape})")
+        fh.seek(offset + start * rows[0].nbytes)
+        fh.write(np.ascontiguousarray(rows).tobytes())
+
+
+def read_npy_rows(fh, shape, dtype, start, count):
+    """Rows [start, start + count) of an .npy file open at its data offset + start's position."""
+    count = min(count, shape[0] - start)
+    row = int(np.prod(shape[1:])) * dtype.itemsize
+    return np.frombuffer(fh.read(count * row), dtype=dtype).reshape(count, *shape[1:])
+
+
+def npz_from_npy(path, members, chunk=1 << 26):
+    """An .npz (uncompressed, as np.savez writes) whose arrays are the .npy files `members`
+    ({name: .npy path}), copied in chunks of `chunk` bytes; written atomically."""
+    import shutil
+    import zipfile
+
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, src in members.items():
+                with open(src, "rb") as fin, zf.open(f"{name}.npy", "w", force_zip64=True) as fout:
+                    shutil.copyfileobj(fin, fout, chunk)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def npz_batches(path, name="arr_0", batch_size=64, rank=0, world=1):
+    """Batches of the array `name` of an .npz, read from the file as they are needed (never the
+    whole array in memory), this rank's share (batch k goes to rank k % world); with the shape."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        if f"{name}.npy" not in zf.namelist():
+            raise ValueError(f"{path} has no array {name!r}")
+        with zf.open(f"{name}.npy") as fh:
+            shape, dtype, _ = npy_layout(fh)
+            for k, start in enumerate(range(0, shape[0], batch_size)):
+                rows = read_npy_rows(fh, shape, dtype, start, batch_size)  # read in order, always
+                if k % world == rank:
+                    yield rows
+
+
 def psnr(x, y):
     """Per-image PSNR in dB on uint8-quantised images (official DC-AE evaluation), (B,) tensor."""
     mse = (to_uint8(x).double() - to_uint8(y).double()).pow(2).mean(dim=(1, 2, 3))

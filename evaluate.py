@@ -418,13 +418,12 @@ def cmd_ref(args, rank, world, device):
 def sample_batches(args, rank, world, device):
     """uint8 (B, 3, H, W) batches of the samples: an .npz (arr_0 NHWC), an image folder, or a DiT
     checkpoint sampled on the fly."""
-    if args.samples and args.samples.endswith(".npz"):
-        arr = np.load(args.samples)["arr_0"]
-        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"{args.samples}: arr_0 must be uint8 (N, H, W, 3), got {arr.dtype} "
-                             f"{arr.shape}")
-        for start in list(range(0, len(arr), args.batch_size))[rank::world]:
-            yield torch.from_numpy(arr[start : start + args.batch_size]).permute(0, 3, 1, 2)
+    if args.samples and args.samples.endswith(".npz"):  # read batch by batch, never all at once
+        for arr in common.npz_batches(args.samples, "arr_0", args.batch_size, rank, world):
+            if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+                raise ValueError(f"{args.samples}: arr_0 must be uint8 (N, H, W, 3), got "
+                                 f"{arr.dtype} {arr.shape[1:]} per sample")
+            yield torch.from_numpy(arr.copy()).permute(0, 3, 1, 2)  # frombuffer is read-only
     elif args.samples:
         if not os.path.isdir(args.samples):
             raise FileNotFoundError(f"--samples {args.samples} is neither an .npz nor a folder")

@@ -62,38 +62,54 @@ def main(args):
     default_out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"sample_seed{args.seed}.png")
     out = args.out or default_out
 
-    # ------------------------------------------------------------------ sample this rank's batches
+    # ------------------------------------------------------------------ sample, each rank its batches
     rank, world, device = common.setup_distributed(args.device)
     model.to(device)
     ae.to(device)
+    size = cfg.input_size * ae.spatial_compression_ratio
+    # Every rank writes its batches into one .npy file as they are made (rows in sample order), so
+    # that no process holds them all (50,000 512-px samples are 39 GB). Under several nodes the
+    # file must be on storage they share, like the checkpoint.
+    rows = f"{args.npz or out}.rows.tmp.npy"
+    if rank == 0:
+        common.create_npy(rows, (args.num_samples, size, size, 3), np.uint8)
+    if world > 1:
+        dist.barrier()
     n_batches = (args.num_samples + args.batch_size - 1) // args.batch_size
     mine = list(range(rank, n_batches, world))  # batch b is sampled by rank b % world
-    images = {}
     for b in common.progress(mine, desc="sampling", disable=rank != 0):
         y = torch.tensor(labels[b * args.batch_size : (b + 1) * args.batch_size], device=device)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
         x = dcae15.generate(model, ae, scale, y, gen, objective.name, args.steps, sampler,
                             args.cfg_scale, c_prime, **options)
-        images[b] = common.to_uint8(x).permute(0, 2, 3, 1).cpu()  # (B, H, W, 3)
+        common.write_npy_rows(rows, b * args.batch_size,
+                              common.to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, 3)
+    if world > 1:
+        dist.barrier()  # every row written
 
     # ------------------------------------------------------------------ the grid and the .npz (rank 0)
-    if world > 1:  # bring every batch to rank 0
-        gathered = [None] * world
-        dist.all_gather_object(gathered, images)
-        images = {b: im for part in gathered for b, im in part.items()}
     if rank == 0:
-        all_images = torch.cat([images[b] for b in range(n_batches)])
-        grid = all_images[: args.grid_max].permute(0, 3, 1, 2).float() / 127.5 - 1
-        ncol = min(cfg.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
-        common.save_grid(grid, out, ncol=ncol)
-        partial = f", first {c_prime} channels" if c_prime else ""
-        eta = f", eta {args.eta}" if sampler == "ddim" else ""
-        print(f"wrote {out} ({len(grid)} of {len(all_images)} samples, cfg {args.cfg_scale}, "
-              f"{args.steps} {sampler} steps{eta}{partial})")
-        if args.npz:
-            # ADM-style: arr_0 = uint8 (N, H, W, 3), arr_1 = labels
-            common.save_npz(args.npz, arr_0=all_images.numpy(), arr_1=np.array(labels, dtype=np.int64))
-            print(f"wrote {args.npz}: arr_0 {tuple(all_images.shape)} uint8, arr_1 labels")
+        try:
+            with open(rows, "rb") as fh:
+                shape, dtype, _ = common.npy_layout(fh)
+                first = torch.from_numpy(common.read_npy_rows(fh, shape, dtype, 0, args.grid_max))
+            grid = first.permute(0, 3, 1, 2).float() / 127.5 - 1
+            ncol = min(cfg.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
+            common.save_grid(grid, out, ncol=ncol)
+            partial = f", first {c_prime} channels" if c_prime else ""
+            eta = f", eta {args.eta}" if sampler == "ddim" else ""
+            print(f"wrote {out} ({len(grid)} of {args.num_samples} samples, cfg {args.cfg_scale}, "
+                  f"{args.steps} {sampler} steps{eta}{partial})")
+            if args.npz:  # ADM-style: arr_0 = uint8 (N, H, W, 3), arr_1 = labels; copied in chunks
+                label_rows = f"{args.npz}.labels.tmp.npy"
+                np.save(label_rows, np.array(labels, dtype=np.int64))
+                try:
+                    common.npz_from_npy(args.npz, {"arr_0": rows, "arr_1": label_rows})
+                finally:
+                    os.remove(label_rows)
+                print(f"wrote {args.npz}: arr_0 {tuple(shape)} uint8, arr_1 labels")
+        finally:
+            os.remove(rows)
     common.cleanup_distributed()
 
 

@@ -4,7 +4,6 @@ and the command end to end on tiny runs."""
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 

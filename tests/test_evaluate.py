@@ -154,3 +154,29 @@ def test_commands_end_to_end(tmp_path):
     proc = run(["fid", "--samples", str(tmp_path / "same.npz"), "--ref", ref,
                 "--inception-weights", str(tmp_path / "missing.pth")])
     assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+def test_npy_rows_npz_assembly_and_batched_reading(tmp_path):
+    """sample.py's files: rows written in place by several writers, an .npz copied from them in chunks, and
+    evaluate.py fid's batch-by-batch reading; compressed .npz files read the same way."""
+    a = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    rows = str(tmp_path / "rows.npy")
+    common.create_npy(rows, a.shape, np.uint8)
+    common.write_npy_rows(rows, 4, a[4:])  # any order, any writer
+    common.write_npy_rows(rows, 0, a[:4])
+    assert np.array_equal(np.load(rows), a)
+    with pytest.raises(ValueError, match="do not fit"):
+        common.write_npy_rows(rows, 8, a[:4])  # past the end
+    labels = str(tmp_path / "labels.npy")
+    np.save(labels, np.arange(10))
+    npz = str(tmp_path / "s.npz")
+    common.npz_from_npy(npz, {"arr_0": rows, "arr_1": labels}, chunk=7)  # chunks that split rows
+    with np.load(npz) as z:
+        assert np.array_equal(z["arr_0"], a) and np.array_equal(z["arr_1"], np.arange(10))
+    assert np.array_equal(np.concatenate(list(common.npz_batches(npz, batch_size=3))), a)
+    mine = list(common.npz_batches(npz, batch_size=3, rank=1, world=2))  # batches 1 and 3
+    assert np.array_equal(np.concatenate(mine), np.concatenate([a[3:6], a[9:]]))
+    np.savez_compressed(tmp_path / "c.npz", arr_0=a)
+    assert np.array_equal(np.concatenate(list(common.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
+    with pytest.raises(ValueError, match="has no array 'arr_2'"):
+        next(common.npz_batches(npz, "arr_2"))

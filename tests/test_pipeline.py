@@ -93,6 +93,21 @@ def test_dit_checkpoint_and_sampling(work):
     run("sample.py", ["--ckpt", str(out / "last.pt"), "--num-samples", "6", "--batch-size", "4", "--steps", "3",
                       "--npz", str(other), "--out", str(png), "--seed", "1", "--latent-channels", "2"])
     assert not np.array_equal(np.load(other)["arr_0"], data["arr_0"])
+    # two processes (gloo) write their batches into one file: the same .npz as one process, no temp files left
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    shared = work / "two.npz"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(ROOT, "sample.py"), "--ckpt", str(out / "last.pt"), "--num-samples", "6",
+                           "--batch-size", "4", "--steps", "3", "--npz", str(shared), "--out", str(png)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    both = np.load(shared)
+    assert np.array_equal(both["arr_0"], data["arr_0"]) and np.array_equal(both["arr_1"], data["arr_1"])
+    assert not [f for f in os.listdir(work) if ".tmp" in f]
 
 
 def test_dit_resume_is_exact(work):
