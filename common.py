@@ -9,6 +9,7 @@ common.py: the run plumbing the four scripts share (train_ae.py, train_dit.py, s
 Images come from data.py; models, losses, samplers and checkpoint formats from dcae15.py.
 """
 
+import json
 import math
 import os
 import random
@@ -365,6 +366,18 @@ def npz_batches(path, name="arr_0", batch_size=64, rank=0, world=1):
                 rows = read_npy_rows(fh, shape, dtype, start, batch_size)  # read in order, always
                 if k % world == rank:
                     yield rows
+
+
+def write_json(path, obj):
+    """json.dump, atomically (a temp file in the same folder, then a rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def psnr(x, y):

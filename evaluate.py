@@ -1042,7 +1042,7 @@ def evaluate_runs(args, meta, cfg_scales, device):
                     print(f"{label} {folder} step {step}: " + ", ".join(
                         f"{k} {v:.3f}" for k, v in values.items()) + f" ({time.time() - t0:.0f} s)")
                     os.makedirs(os.path.dirname(cache), exist_ok=True)
-                    write_json(cache, values)
+                    common.write_json(cache, values)
                 rows.append({"label": label, "run": folder, "seed": newest["args"]["seed"],
                              "step": step, **values})
             if newest["ae"]["fingerprint"] not in aes:  # every point cached: load the AE for its row
@@ -1058,13 +1058,6 @@ def evaluate_runs(args, meta, cfg_scales, device):
               f"{r['channels'] // 8} channels, {r['psnr']:.2f} dB from all; judge "
               f"{r['judge_recon']:.1%}")
     return rows, {"judge_ceiling": ceiling, **ae_rows}
-
-
-def write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def load_ae(path, ae_config):

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -33,7 +34,7 @@ import dcae15
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
-                    "cache_dir", "encode_batch_size", "ae_ckpt", "skip_bad_images"}
+                    "cache_dir", "encode_batch_size", "ae_ckpt", "skip_bad_images", "num_workers"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,71 +55,87 @@ def cache_key(args, ae_info, num_images):
 
 
 @torch.no_grad()
-def encode_images(ae, dataset, indices, flip, batch_size, device, desc=None):
-    """Unscaled latents of dataset[indices], their labels, and (with flip) the mirror images'."""
-    latents, mirrored, labels = [], [], []
+def encode_into(ae, dataset, rows, flip, chunks, batch_size, num_workers, device, desc=None):
+    """Encode the images of `chunks` (chunk k: images k*batch_size ... (k+1)*batch_size - 1) and
+    write their unscaled latents (and, with flip, the mirror images' latents, N rows further on)
+    into the .npy file `rows` at their dataset positions. Images come through a DataLoader with
+    `num_workers` processes; only one batch is in memory at a time."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    starts = range(0, len(indices), batch_size)
-    for start in common.progress(starts, desc=desc, disable=desc is None):
-        items = [dataset[i] for i in indices[start : start + batch_size]]
-        x = torch.stack([im for im, _ in items]).to(device)
-        labels.append(torch.tensor([label for _, label in items]))
-        with autocast:
-            latents.append(ae.encode(x).float().cpu())
-            if flip:
-                mirrored.append(ae.encode(x.flip(3)).float().cpu())
-    return torch.cat(latents), torch.cat(labels), torch.cat(mirrored) if flip else None
-
-
-def interleave(shards, n):
-    """Inverse of the round-robin split: item i came from shard i % len(shards), row i // len."""
-    out = torch.empty((n, *shards[0].shape[1:]), dtype=shards[0].dtype)
-    for r, shard in enumerate(shards):
-        out[r :: len(shards)] = shard
-    return out
+    n = len(dataset)
+    batches = [list(range(k * batch_size, min((k + 1) * batch_size, n))) for k in chunks]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+    labels = {}
+    try:
+        for idx, (x, y) in zip(batches, common.progress(loader, desc=desc, disable=desc is None)):
+            x = x.to(device)
+            with autocast:
+                z = ae.encode(x).float().cpu().numpy()
+                common.write_npy_rows(rows, idx[0], z)
+                if flip:
+                    common.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
+            labels[idx[0]] = y
+    except data.BadImageError as err:
+        raise data.one_line(err) from None
+    return labels
 
 
 def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
-    """Encode the training images once (split over ranks), write the cache atomically, reuse it.
+    """Encode the training images once (split over ranks), reuse the cache afterwards.
 
-    Returns (latents, labels); latents are unscaled, (N, C, h, w), memory-mapped from the file.
-    With --flip the mirrored images follow the originals (N = 2 x images).
+    Returns (latents, labels); latents are unscaled, (N, C, h, w) float32, memory-mapped from the
+    file (N = 2 x images with --flip: the mirrored images follow the originals). The cache is a
+    folder of .npy files in dataset order that every rank writes its rows into as it encodes, so
+    memory stays one batch whatever the dataset's size; `done.json`, written last (atomically),
+    marks it complete. A folder without it (a killed run) is deleted and encoded afresh.
+    NOTE: float32 storage, not bf16: the DiT sees exactly the encoder's output, at 4 bytes a value
+    (ImageNet at 512 px with f32c128: 168 GB on disk, nothing of it held in memory).
     """
     num_images = len(train_set) if args.max_images <= 0 else min(args.max_images, len(train_set))
     key = cache_key(args, ae_info, num_images)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(args.cache_dir, f"latents-{digest}.pt")
-
-    def part(r):
-        return os.path.join(args.cache_dir, f"latents-{digest}.part{r}.pt")
-
-    if not os.path.isfile(path):
-        os.makedirs(args.cache_dir, exist_ok=True)
+    folder = os.path.join(args.cache_dir, f"latents-{digest}")
+    rows, label_rows, done = (os.path.join(folder, f) for f in ("latents.npy", "labels.npy",
+                                                                "done.json"))
+    if not os.path.isfile(done):
         t0 = time.time()
-        desc = f"encoding {num_images} images" if rank == 0 else None
-        z, y, z_flip = encode_images(ae.to(device), train_set, list(range(rank, num_images, world)),
-                                     args.flip, args.encode_batch_size, device, desc)
-        dcae15.save_checkpoint({"latents": z, "labels": y, "mirrored": z_flip}, part(rank))
+        subset = torch.utils.data.Subset(train_set, range(num_images))
+        C, f = ae.latent_channels, ae.spatial_compression_ratio
+        h = args.image_size // f
+        total = num_images * (2 if args.flip else 1)
+        if rank == 0:  # a fresh folder: a half-written one from a killed run is never used
+            if os.path.isdir(folder):
+                print(f"latent cache: {folder} is incomplete (an interrupted run?); encoding afresh")
+                for name in os.listdir(folder):
+                    os.remove(os.path.join(folder, name))
+            os.makedirs(folder, exist_ok=True)
+            common.create_npy(rows, (total, C, h, h), "float32")
         if world > 1:
             dist.barrier()
-        if rank == 0:  # merge the shards back into dataset order
-            parts = [dcae15.load_checkpoint(part(r)) for r in range(world)]
-            latents = interleave([p["latents"] for p in parts], num_images)
-            labels = interleave([p["labels"] for p in parts], num_images)
+        n_chunks = (num_images + args.encode_batch_size - 1) // args.encode_batch_size
+        desc = f"encoding {num_images} images" if rank == 0 else None
+        mine = encode_into(ae.to(device), subset, rows, args.flip, range(rank, n_chunks, world),
+                           args.encode_batch_size, args.num_workers, device, desc)
+        # the labels are small (8 bytes an image): gather them, rank 0 writes them
+        gathered = [mine]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, mine)
+        if rank == 0:
+            starts = {s: y for part in gathered for s, y in part.items()}
+            labels = torch.cat([starts[s] for s in sorted(starts)])
             if args.flip:
-                latents = torch.cat([latents, interleave([p["mirrored"] for p in parts], num_images)])
                 labels = torch.cat([labels, labels])
-            dcae15.save_checkpoint({"latents": latents, "labels": labels, "key": key}, path)
-            for r in range(world):
-                os.remove(part(r))
-            print(f"latent cache: encoded {num_images} images in {time.time() - t0:.0f} s -> {path}")
+            np.save(label_rows, labels.numpy().astype(np.int64))
+            common.write_json(done, {"key": key, "num_images": num_images, "rows": total})
+            print(f"latent cache: encoded {num_images} images in {time.time() - t0:.0f} s -> {folder}")
         if world > 1:
             dist.barrier()
     elif rank == 0:
-        print(f"latent cache: reusing {path}")
-    # mmap: the ranks share the pages
-    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return cache["latents"], cache["labels"]
+        print(f"latent cache: reusing {folder}")
+    # copy-on-write memory maps: the ranks share the pages, nothing is read before it is needed
+    latents = torch.from_numpy(np.load(rows, mmap_mode="c"))
+    labels = torch.from_numpy(np.load(label_rows, mmap_mode="c"))
+    return latents, labels
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +343,8 @@ def build_parser():
     p.add_argument("--cache-dir", default="runs/latent_cache",
                    help="where latent caches are kept and reused")
     p.add_argument("--encode-batch-size", type=int, default=64, help="batch size of the one-off encoding")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="data-loader processes that read and decode the images for the encoding")
     p.add_argument("--out", default="runs/dit", help="run folder: last.pt, log.txt, samples.png")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where last.pt left it")

@@ -45,16 +45,44 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     assert "latent cache: encoded 40 images" in first.stdout
     second = run("train_dit.py", dit_args(work, work / "dit_b", steps=2))
     assert "latent cache: reusing" in second.stdout
-    (path,) = [f for f in os.listdir(work / "cache")]  # one file, no leftover shards
-    cache = torch.load(work / "cache" / path, weights_only=True)
+    (name,) = os.listdir(work / "cache")  # one folder, complete, nothing else
+    folder = work / "cache" / name
+    assert sorted(os.listdir(folder)) == ["done.json", "labels.npy", "latents.npy"]
     ae, scale, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
     ds = data.ShapesDataset("train", image_size=16)
     x = torch.stack([ds[i][0] for i in range(40)])
-    torch.testing.assert_close(cache["latents"], ae.encode(x), rtol=0, atol=1e-5)
-    assert cache["labels"].tolist() == [i % 10 for i in range(40)]
-    # --flip encodes the mirrors too: a separate cache of twice the size
+    latents = torch.from_numpy(np.load(folder / "latents.npy"))
+    torch.testing.assert_close(latents, ae.encode(x), rtol=0, atol=1e-5)
+    assert np.load(folder / "labels.npy").tolist() == [i % 10 for i in range(40)]
+    # --flip encodes the mirrors too: a separate cache of twice the size, the mirrors after the originals
     run("train_dit.py", dit_args(work, work / "dit_flip", steps=1, extra=["--flip"]))
-    assert len(os.listdir(work / "cache")) == 2
+    (flipped,) = set(os.listdir(work / "cache")) - {name}
+    both = torch.from_numpy(np.load(work / "cache" / flipped / "latents.npy"))
+    torch.testing.assert_close(both[40:], ae.encode(x.flip(3)), rtol=0, atol=1e-5)
+    # a cache a killed run left without done.json is never used: it is encoded afresh
+    os.remove(folder / "done.json")
+    np.save(folder / "latents.npy", np.zeros((40, 8, 4, 4), np.float32))
+    proc = run("train_dit.py", dit_args(work, work / "dit_c", steps=1))
+    assert "is incomplete" in proc.stdout and "encoded 40 images" in proc.stdout
+    torch.testing.assert_close(torch.from_numpy(np.load(folder / "latents.npy")), latents, rtol=0, atol=0)
+
+
+def test_latent_cache_from_two_processes_and_data_loader_workers(work, tmp_path):
+    """Two ranks (gloo), each reading its images through a worker process, write one cache: the same one."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    args = dit_args(work, tmp_path / "dit", steps=1) + ["--num-workers", "1", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(ROOT, "train_dit.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (name,) = os.listdir(tmp_path / "cache")
+    run("train_dit.py", dit_args(work, tmp_path / "dit1", steps=1))  # the one-process cache (same key, name)
+    for f in ("latents.npy", "labels.npy"):
+        assert np.array_equal(np.load(tmp_path / "cache" / name / f), np.load(work / "cache" / name / f)), f
 
 
 def test_dit_save_every_keeps_steps_between_pictures(work):
