@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import common
 import dcae15
+import fid
 
 
 def timed(fn, iters, warmup, device):
@@ -110,9 +111,7 @@ def build_pieces(args, device):
         f"sampling ({args.sample_steps} steps, guidance 4, decode)": (sample, B, "img"),
     }
     if not args.no_fid:
-        import evaluate  # the FID network lives with the FID code; a bench may borrow it
-
-        inception = evaluate.FIDInception().to(device).eval()
+        inception = fid.FIDInception().to(device).eval()
         images = common.to_uint8(x)
         pieces["FID features (Inception, 299 px)"] = (lambda: inception(images), B, "img")
     return pieces

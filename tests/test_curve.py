@@ -9,6 +9,7 @@ import torch
 
 import data
 import evaluate
+import fid
 from helpers import run_script
 
 # ---------------------------------------------------------------------------- speed-up arithmetic
@@ -91,13 +92,13 @@ def test_random_blur_keeps_sharp_images_at_sigma_zero_and_preserves_the_mean():
 
 def test_frechet_distance_of_identical_feature_sets_is_zero():
     feats = torch.randn(300, 128, generator=torch.Generator().manual_seed(0)).double()
-    a, b = evaluate.FeatureStats(dim=128), evaluate.FeatureStats(dim=128)
+    a, b = fid.FeatureStats(dim=128), fid.FeatureStats(dim=128)
     a.add(feats)
     b.add(feats.flip(0))  # the same set in another order
-    assert abs(evaluate.frechet_distance(*a.mu_sigma(), *b.mu_sigma())) < 1e-8
-    c = evaluate.FeatureStats(dim=128)
+    assert abs(fid.frechet_distance(*a.mu_sigma(), *b.mu_sigma())) < 1e-8
+    c = fid.FeatureStats(dim=128)
     c.add(feats + 1.0)  # shifted by 1 in each of 128 dimensions: distance ||shift||^2 = 128
-    assert evaluate.frechet_distance(*a.mu_sigma(), *c.mu_sigma()) == pytest.approx(128.0, rel=1e-6)
+    assert fid.frechet_distance(*a.mu_sigma(), *c.mu_sigma()) == pytest.approx(128.0, rel=1e-6)
 
 
 def test_judge_is_trained_once_per_dataset_and_then_loaded(tmp_path, monkeypatch):
@@ -199,7 +200,7 @@ def test_curve_bad_input_fails_before_any_work(runs, tmp_path):
 def test_curve_adds_fid_with_the_inception_weights(runs, tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"  # random weights in the real file format (the real ones are offline)
-    torch.save(evaluate.FIDInception().net.state_dict(), weights)
+    torch.save(fid.FIDInception().net.state_dict(), weights)
     args = [*curve_args(tmp_path, f"aug={runs / 'aug0'}"), "--max-step", "2", "--cfg-scales", "1", "--fid", "on",
             "--inception-weights", weights, "--num-val", "8"]
     run_script("evaluate.py", args)

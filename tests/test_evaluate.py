@@ -12,6 +12,7 @@ import torchvision
 import common
 import data
 import evaluate
+import fid
 from helpers import run_script
 
 
@@ -19,16 +20,16 @@ from helpers import run_script
 @pytest.fixture(scope="module")
 def inception():
     torch.manual_seed(0)
-    return evaluate.FIDInception().eval()  # random weights: the real ones cannot be downloaded here
+    return fid.FIDInception().eval()  # random weights: the real ones cannot be downloaded here
 
 
 def test_inception_keys_match_torchvision_so_real_weights_load(inception, tmp_path):
     ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
     ours = inception.net.state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.state_dict().items()}
-    path = tmp_path / evaluate.FID_WEIGHTS_FILE
+    path = tmp_path / fid.FID_WEIGHTS_FILE
     torch.save(ref.state_dict(), path)
-    loaded = evaluate.FIDInception().load_weights(str(path))  # strict
+    loaded = fid.FIDInception().load_weights(str(path))  # strict
     assert torch.equal(loaded.net.Mixed_7c.branch_pool.conv.weight, ref.Mixed_7c.branch_pool.conv.weight)
 
 
@@ -44,9 +45,9 @@ def test_feature_shapes_and_batch_independence(inception):
 def test_tf_pooling_changes():
     ones = torch.ones(1, 2, 5, 5)
     # TF's average pool ignores the padding: a constant stays constant at the border (torch's default: 4/9)
-    torch.testing.assert_close(evaluate._avg_pool_no_pad(ones), ones)
-    net = evaluate.FIDInception().net
-    assert isinstance(net.Mixed_5b, evaluate.FIDInceptionA) and isinstance(net.Mixed_6e, evaluate.FIDInceptionC)
+    torch.testing.assert_close(fid._avg_pool_no_pad(ones), ones)
+    net = fid.FIDInception().net
+    assert isinstance(net.Mixed_5b, fid.FIDInceptionA) and isinstance(net.Mixed_6e, fid.FIDInceptionC)
     assert not net.Mixed_7b.max_pool and net.Mixed_7c.max_pool
 
 
@@ -55,27 +56,27 @@ def test_frechet_distance_closed_forms():
     a = rng.normal(size=(50, 6))
     sigma = np.cov(a, rowvar=False)
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
-    assert evaluate.frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0, abs=1e-9)
-    assert evaluate.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(((mu1 - mu2) ** 2).sum(), abs=1e-9)
+    assert fid.frechet_distance(mu1, sigma, mu1, sigma) == pytest.approx(0, abs=1e-9)
+    assert fid.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(((mu1 - mu2) ** 2).sum(), abs=1e-9)
     d1, d2 = rng.uniform(0.1, 2, 6), rng.uniform(0.1, 2, 6)
     closed = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(d1) - np.sqrt(d2)) ** 2).sum()
-    assert evaluate.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(closed, rel=1e-10)
+    assert fid.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(closed, rel=1e-10)
     # a general case against scipy's sqrtm formula
     s2 = np.cov(rng.normal(size=(40, 6)) @ rng.normal(size=(6, 6)), rowvar=False)
     ref = ((mu1 - mu2) ** 2).sum() + np.trace(sigma) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(sigma @ s2).real)
-    assert evaluate.frechet_distance(mu1, sigma, mu2, s2) == pytest.approx(ref, rel=1e-8)
+    assert fid.frechet_distance(mu1, sigma, mu2, s2) == pytest.approx(ref, rel=1e-8)
 
 
 def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     feats = torch.randn(300, 16, dtype=torch.float64) * 3 + 1
-    a, b = evaluate.FeatureStats(16), evaluate.FeatureStats(16)
+    a, b = fid.FeatureStats(16), fid.FeatureStats(16)
     a.add(feats[:120])
     b.add(feats[120:200])
     b.add(feats[200:])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 300 images for 16 dimensions: a full-rank covariance, no warning
         mu, sigma = a.merge(b).mu_sigma()
-    few = evaluate.FeatureStats(16)
+    few = fid.FeatureStats(16)
     few.add(feats[:10])
     with pytest.warns(UserWarning, match="from 10 < 16 images"):  # rank-deficient: say so
         few.mu_sigma()
@@ -83,11 +84,11 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
     path = str(tmp_path / "stats.npz")
     common.save_npz(path, mu=mu, sigma=sigma)
-    mu2, sigma2 = evaluate.load_stats(path)
+    mu2, sigma2 = fid.load_stats(path)
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
     np.savez(tmp_path / "bad.npz", arr_0=mu)
     with pytest.raises(ValueError, match="'mu' and 'sigma'"):
-        evaluate.load_stats(str(tmp_path / "bad.npz"))
+        fid.load_stats(str(tmp_path / "bad.npz"))
 
 
 def test_ssim_known_pairs():
@@ -123,7 +124,7 @@ def test_commands_end_to_end(tmp_path):
                                "--max-steps", "2", "--perceptual", "off", "--out", str(tmp_path / "ae")])
     weights = str(tmp_path / "inception.pth")
     torch.manual_seed(0)
-    torch.save(evaluate.FIDInception().net.state_dict(), weights)
+    torch.save(fid.FIDInception().net.state_dict(), weights)
     ckpt = str(tmp_path / "ae" / "last.pt")
 
     out_json = str(tmp_path / "recon.json")
