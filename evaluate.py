@@ -155,6 +155,18 @@ def recon_metrics(ae, dataset, channel_list, args, device, inception, ref_stats,
     return results
 
 
+@torch.no_grad()
+def save_recon_grid(path, dataset, models, channel_list, device, rows=8):
+    """A PNG of the first `rows` images (one per row): the original, then each model's
+    reconstruction from the first c' channels for each c' in turn (e.g. before and after a phase)."""
+    x = torch.stack([dataset[i][0] for i in range(min(rows, len(dataset)))]).to(device)
+    columns = [x]
+    for model in models:
+        z = model.encode(x)
+        columns += [model.decode(z[:, :c]).clamp(-1, 1) for c in channel_list]
+    common.save_grid(torch.stack(columns, dim=1).flatten(0, 1), path, ncol=len(columns))
+
+
 def dataset_stats(dataset, args, inception, device, rank, world, desc):
     stats = FeatureStats()
     for x, _ in image_batches(dataset, args.num_images, args.batch_size, rank, world, desc=desc):
@@ -185,6 +197,8 @@ def cmd_recon(args, rank, world, device):
     if baseline is not None and baseline.latent_channels != C:
         raise ValueError(f"--baseline-ckpt has {baseline.latent_channels} latent channels, "
                          f"--ae-ckpt {C}")
+    if args.grid and not os.path.isdir(os.path.dirname(os.path.abspath(args.grid))):
+        raise ValueError(f"--grid {args.grid}: its folder does not exist; create it first")
     dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed,
                                  skip_bad=args.skip_bad_images)
     f = ae.spatial_compression_ratio
@@ -207,6 +221,12 @@ def cmd_recon(args, rank, world, device):
         print(recon_table(columns, channel_list, f"reconstruction from the first c' latent channels, "
                                                  f"{n} {args.data} {args.split} images at "
                                                  f"{args.image_size}px"))
+        if args.grid:
+            models = [m for m in (ae, baseline) if m is not None]
+            save_recon_grid(args.grid, dataset, models, channel_list, device, rows=min(8, n))
+            print(f"wrote {args.grid}: rows = images; columns = the original, then "
+                  + ", then ".join(f"{name} at c' = {','.join(map(str, channel_list))}"
+                                   for name in columns))
         results = {name: {str(c): row for c, row in col.items()} for name, col in columns.items()}
         return {"command": "recon", "ae_ckpt": args.ae_ckpt, "baseline_ckpt": args.baseline_ckpt,
                 "num_images": n, "results": results}
@@ -939,6 +959,9 @@ def build_parser():
                    help="rFID (needs the Inception weights)")
     r.add_argument("--lpips", default="auto", choices=["auto", "on", "off"],
                    help="LPIPS-AlexNet (needs its weights)")
+    r.add_argument("--grid", default=None,
+                   help="also save a PNG of the first 8 images: the original, then the "
+                        "reconstructions of the model (and the baseline) for each c'")
     data_flags(r, "val")
     common_flags(r)
 

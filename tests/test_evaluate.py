@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 import torchvision
+from PIL import Image
 
 import common
 import data
@@ -138,9 +139,19 @@ def test_commands_end_to_end(tmp_path):
     assert "c_prime" in proc.stdout and "model psnr" in proc.stdout
 
     # offline without the Inception weights: recon goes on without rFID, fid/ref stop with a clear message
+    grid = tmp_path / "grid.png"
     proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "2", "--lpips", "off",
-                "--inception-weights", str(tmp_path / "missing.pth")])
+                "--latent-channels", "2,8", "--inception-weights", str(tmp_path / "missing.pth"),
+                "--grid", str(grid)])
     assert proc.returncode == 0 and "rFID skipped" in proc.stdout
+    # the grid: 2 rows (images) x 3 columns (original, c' = 2, c' = 8), 16 px tiles with 2 px gaps;
+    # its first column is the originals, pixel for pixel
+    picture = torch.from_numpy(np.array(Image.open(grid))).permute(2, 0, 1)
+    assert picture.shape == (3, 2 + 2 * 18, 2 + 3 * 18)
+    originals = common.to_uint8(torch.stack([data.ShapesDataset("val", image_size=16)[i][0] for i in range(2)]))
+    assert torch.equal(picture[:, 2:18, 2:18], originals[0]) and torch.equal(picture[:, 20:36, 2:18], originals[1])
+    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--grid", str(tmp_path / "no" / "g.png")])
+    assert proc.returncode != 0 and "folder does not exist" in proc.stderr
 
     ref = str(tmp_path / "ref.npz")
     proc = run(["ref", "--image-size", "16", "--num-images", "3", "--inception-weights", weights, "--out", ref])
