@@ -84,3 +84,18 @@ def test_scripts_report_a_truncated_checkpoint_in_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and str(bad) in lines[0] and "truncated or corrupt" in lines[0], lines
         assert not (tmp_path / "dit").exists()
+
+
+def test_cpu_runs_flush_denormals_to_zero():
+    import common
+
+    tiny = torch.tensor([1e-39])  # a float32 denormal (the smallest normal float32 is ~1.2e-38)
+    try:
+        torch.set_flush_denormal(False)
+        assert (tiny * 1.0).item() > 0
+        rank, world, device = common.setup_distributed("cpu")
+        assert (rank, world, device.type) == (0, 1, "cpu")
+        assert (tiny * 1.0).item() == 0  # every CPU run of the scripts flushes them
+        assert (torch.tensor([1e-30]) * 1.0).item() > 0  # normal small numbers are untouched
+    finally:
+        torch.set_flush_denormal(False)
