@@ -89,9 +89,9 @@ def test_scripts_report_a_truncated_checkpoint_in_one_line(tmp_path):
 def test_cpu_runs_flush_denormals_to_zero():
     import common
 
-    tiny = torch.tensor([1e-39])  # a float32 denormal (the smallest normal float32 is ~1.2e-38)
     try:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)  # an earlier test in this process may have turned it on
+        tiny = torch.tensor([1e-39])  # a float32 denormal (the smallest normal float32 is ~1.2e-38)
         assert (tiny * 1.0).item() > 0
         rank, world, device = common.setup_distributed("cpu")
         assert (rank, world, device.type) == (0, 1, "cpu")
