@@ -292,21 +292,14 @@ def save_grid(images, path, ncol):
         r, c = divmod(i, ncol)
         top, left = 2 + r * (h + 2), 2 + c * (w + 2)
         grid[:, top : top + h, left : left + w] = images[i]
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
-    os.replace(tmp, path)
+    with dcae15.atomic_write(path, ".png") as tmp:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
 
 
 def save_npz(path, **arrays):
-    """np.savez, atomically (a temp file in the same folder, then a rename)."""
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """np.savez, atomically (`dcae15.atomic_write`)."""
+    with dcae15.atomic_write(path, ".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def create_npy(path, shape, dtype):
@@ -356,16 +349,11 @@ def npz_from_npy(path, members, chunk=1 << 26):
     import shutil
     import zipfile
 
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    try:
+    with dcae15.atomic_write(path, ".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, src in members.items():
                 with open(src, "rb") as fin, zf.open(f"{name}.npy", "w", force_zip64=True) as fout:
                     shutil.copyfileobj(fin, fout, chunk)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def npz_batches(path, name="arr_0", batch_size=64, rank=0, world=1):
@@ -385,15 +373,9 @@ def npz_batches(path, name="arr_0", batch_size=64, rank=0, world=1):
 
 
 def write_json(path, obj):
-    """json.dump, atomically (a temp file in the same folder, then a rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """json.dump, atomically (`dcae15.atomic_write`)."""
+    with dcae15.atomic_write(path) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
 
 
 def psnr(x, y):

@@ -26,6 +26,7 @@ compression. Module and parameter names follow the official DC-Gen code, so offi
 load key for key.
 """
 
+import contextlib
 import hashlib
 import math
 import os
@@ -1209,19 +1210,28 @@ AE_KIND = "dcae15-ae"  # train_ae.py
 DIT_KIND = "dcae15-dit"  # train_dit.py
 
 
-def save_checkpoint(obj, path):
-    """torch.save atomically: write a temp file in the same folder, then rename over `path`.
-
-    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
-    it loads with weights_only=True; a crash mid-write leaves the previous file intact.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"  # same folder, so os.replace is an atomic rename, not a copy
+@contextlib.contextmanager
+def atomic_write(path, suffix=""):
+    """Yields a temp file name in the folder of `path` (ending in `suffix`, for writers that go by
+    the extension); when the block ends without an error, the temp file is renamed over `path`.
+    A crash mid-write leaves the previous file intact and no temp file behind."""
+    tmp = f"{path}.tmp{os.getpid()}{suffix}"  # same folder: os.replace is an atomic rename
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(obj, path):
+    """torch.save atomically (`atomic_write`).
+
+    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
+    it loads with weights_only=True.
+    """
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path):
