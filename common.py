@@ -56,6 +56,10 @@ def _setup_distributed(device_arg):
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"this process has local rank {local_rank}, but this node shows only "
+                             f"{torch.cuda.device_count()} GPU(s): start at most that many processes a node "
+                             f"(torchrun --nproc_per_node), or pass --device cpu")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

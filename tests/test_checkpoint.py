@@ -99,3 +99,17 @@ def test_cpu_runs_flush_denormals_to_zero():
         assert (torch.tensor([1e-30]) * 1.0).item() > 0  # normal small numbers are untouched
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU node: rank 1 must say so, not fail in cuda.set_device."""
+    import common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device reached"))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="local rank 1, but this node shows only 1 GPU.*--device cpu"):
+        common.setup_distributed("auto")

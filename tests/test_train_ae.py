@@ -19,7 +19,9 @@ def run(args, launcher=None, check=True):
     if launcher is None:  # python train_ae.py ...
         return run_script("train_ae.py", args, check)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([*launcher, os.path.join(ROOT, "train_ae.py"), *args], capture_output=True, text=True,
+    # torchrun here means two gloo processes, also on a machine with one GPU
+    proc = subprocess.run([*launcher, os.path.join(ROOT, "train_ae.py"), *args, "--device", "cpu"],
+                          capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"train_ae.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
