@@ -329,6 +329,35 @@ def npy_layout(fh):
     return shape, dtype, fh.tell()
 
 
+_LIBC = []  # [the C library, or None where it has no malloc_trim], loaded on first use
+
+
+def release_free_memory():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim); True if it could.
+
+    NOTE: without this, building a latent cache on the CPU grew with the data set although only one
+    batch is ever held: glibc keeps freed blocks in its heaps, and once a second thread is alive (the
+    progress bar's monitor, a data loader's) the batches' buffers come from several heaps and leave
+    holes it apparently never returns. Measured with dc-ae-tiny at 64 px, 15,000 images, another
+    thread alive: the process grew by 125 MB while encoding, and by 15 MB when this ran after each
+    batch (glibc's mallopt(M_ARENA_MAX, 1) called from inside the process made it worse: +365 MB).
+    Elsewhere (macOS, Windows, musl) it does nothing.
+    """
+    if not _LIBC:
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc if hasattr(libc, "malloc_trim") else None)
+        except OSError:
+            _LIBC.append(None)
+    if _LIBC[0] is None:
+        return False
+    _LIBC[0].malloc_trim(0)
+    return True
+
+
 def write_npy_rows(path, start, rows):
     """Write `rows` (a numpy array) into the .npy file at `path` from row `start` on, in place."""
     with open(path, "r+b") as fh:

@@ -74,6 +74,7 @@ def encode_into(ae, dataset, rows, flip, chunks, batch_size, num_workers, device
                 if flip:
                     common.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
             labels[idx[0]] = y
+            common.release_free_memory()  # keeps the process at one batch's memory (see there)
     except data.BadImageError as err:
         raise data.one_line(err) from None
     return labels

@@ -150,3 +150,22 @@ def test_skipped_image_is_replaced_by_the_next_readable_one(tmp_path):
     strict = data.build_dataset("imagefolder", "train", 16, str(tmp_path / "imgs"))
     with pytest.raises(data.BadImageError, match="cannot read image .*2.jpg"):
         strict[i]
+
+
+def test_cache_encoding_writes_each_batch_at_its_rows_and_frees_memory_after_it(tiny_ae, tmp_path, monkeypatch):
+    import numpy as np
+
+    import common
+    import train_dit
+
+    calls = []
+    monkeypatch.setattr(common, "release_free_memory", lambda: calls.append(1) or True)
+    ds = data.build_dataset("shapes", "train", 16, size=10)
+    rows = str(tmp_path / "rows.npy")
+    common.create_npy(rows, (10, 8, 4, 4), "float32")
+    labels = train_dit.encode_into(tiny_ae, ds, rows, False, [2, 0, 1], 4, 0, torch.device("cpu"))
+    assert len(calls) == 3  # once per batch: the process stays at one batch's memory
+    x = torch.stack([ds[i][0] for i in range(10)])
+    with torch.no_grad():
+        np.testing.assert_allclose(np.load(rows), tiny_ae.encode(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert sorted(labels) == [0, 4, 8]
