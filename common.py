@@ -9,6 +9,7 @@ common.py: the run plumbing the four scripts share (train_ae.py, train_dit.py, s
 Images come from data.py; models, losses, samplers and checkpoint formats from dcae15.py.
 """
 
+import functools
 import json
 import math
 import os
@@ -329,9 +330,6 @@ def npy_layout(fh):
     return shape, dtype, fh.tell()
 
 
-_LIBC = []  # [the C library, or None where it has no malloc_trim], loaded on first use
-
-
 def release_free_memory():
     """Give the C heap's free pages back to the system (glibc's malloc_trim); True if it could.
 
@@ -343,19 +341,24 @@ def release_free_memory():
     batch (glibc's mallopt(M_ARENA_MAX, 1) called from inside the process made it worse: +365 MB).
     Elsewhere (macOS, Windows, musl) it does nothing.
     """
-    if not _LIBC:
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc if hasattr(libc, "malloc_trim") else None)
-        except OSError:
-            _LIBC.append(None)
-    if _LIBC[0] is None:
+    libc = _libc_with_malloc_trim()
+    if libc is None:
         return False
-    _LIBC[0].malloc_trim(0)
+    libc.malloc_trim(0)
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_with_malloc_trim():
+    """The C library if it has malloc_trim (glibc), else None; loaded once."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def write_npy_rows(path, start, rows):

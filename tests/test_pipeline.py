@@ -76,8 +76,8 @@ def test_latent_cache_from_two_processes_and_data_loader_workers(work, tmp_path)
 
     args = dit_args(work, tmp_path / "dit", steps=1) + ["--num-workers", "1", "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           os.path.join(ROOT, "train_dit.py"), *args, "--device", "cpu"], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                           os.path.join(ROOT, "train_dit.py"), *args, "--device", "cpu"],  # gloo
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (name,) = os.listdir(tmp_path / "cache")
     run("train_dit.py", dit_args(work, tmp_path / "dit1", steps=1))  # the one-process cache (same key, name)
