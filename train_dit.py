@@ -20,6 +20,8 @@ import copy
 import hashlib
 import json
 import os
+import shutil
+import socket
 import sys
 import time
 
@@ -87,7 +89,10 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     file (N = 2 x images with --flip: the mirrored images follow the originals). The cache is a
     folder of .npy files in dataset order that every rank writes its rows into as it encodes, so
     memory stays one batch whatever the dataset's size; `done.json`, written last (atomically),
-    marks it complete. A folder without it (a killed run) is deleted and encoded afresh.
+    marks it complete. The rows are written into a private folder, renamed to the cache's name
+    when complete (`publish_cache`): a killed run leaves no half-written cache under that name,
+    and two runs that need the same cache at once (two terminals) never write into each other's
+    files.
     NOTE: float32 storage, not bf16: the DiT sees exactly the encoder's output, at 4 bytes a value
     (ImageNet at 512 px with f32c128: 168 GB on disk, nothing of it held in memory).
     """
@@ -95,27 +100,26 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     key = cache_key(args, ae_info, num_images)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = os.path.join(args.cache_dir, f"latents-{digest}")
-    rows, label_rows, done = (os.path.join(folder, f) for f in ("latents.npy", "labels.npy",
-                                                                "done.json"))
-    if not os.path.isfile(done):
+    if not os.path.isfile(os.path.join(folder, "done.json")):
         t0 = time.time()
         subset = torch.utils.data.Subset(train_set, range(num_images))
         C, f = ae.latent_channels, ae.spatial_compression_ratio
         h = args.image_size // f
         total = num_images * (2 if args.flip else 1)
-        if rank == 0:  # a fresh folder: a half-written one from a killed run is never used
-            if os.path.isdir(folder):
-                print(f"latent cache: {folder} is incomplete (an interrupted run?); encoding afresh")
-                for name in os.listdir(folder):
-                    os.remove(os.path.join(folder, name))
-            os.makedirs(folder, exist_ok=True)
-            common.create_npy(rows, (total, C, h, h), "float32")
+        work = [None]  # this run's private folder, named by rank 0 and written by every rank
+        if rank == 0:
+            remove_dead_partials(folder)
+            work[0] = f"{folder}.partial-{socket.gethostname()}-{os.getpid()}"
+            os.makedirs(work[0], exist_ok=True)
+            common.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
         if world > 1:
-            dist.barrier()
+            dist.broadcast_object_list(work, src=0)
+        work = work[0]
         n_chunks = (num_images + args.encode_batch_size - 1) // args.encode_batch_size
         desc = f"encoding {num_images} images" if rank == 0 else None
-        mine = encode_into(ae.to(device), subset, rows, args.flip, range(rank, n_chunks, world),
-                           args.encode_batch_size, args.num_workers, device, desc)
+        mine = encode_into(ae.to(device), subset, os.path.join(work, "latents.npy"), args.flip,
+                           range(rank, n_chunks, world), args.encode_batch_size, args.num_workers,
+                           device, desc)
         # the labels are small (8 bytes an image): gather them, rank 0 writes them
         gathered = [mine]
         if world > 1:
@@ -126,17 +130,55 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             labels = torch.cat([starts[s] for s in sorted(starts)])
             if args.flip:
                 labels = torch.cat([labels, labels])
-            np.save(label_rows, labels.numpy().astype(np.int64))
-            common.write_json(done, {"key": key, "num_images": num_images, "rows": total})
+            np.save(os.path.join(work, "labels.npy"), labels.numpy().astype(np.int64))
+            common.write_json(os.path.join(work, "done.json"),
+                              {"key": key, "num_images": num_images, "rows": total})
+            publish_cache(work, folder)
             print(f"latent cache: encoded {num_images} images in {time.time() - t0:.0f} s -> {folder}")
         if world > 1:
             dist.barrier()
     elif rank == 0:
         print(f"latent cache: reusing {folder}")
     # copy-on-write memory maps: the ranks share the pages, nothing is read before it is needed
-    latents = torch.from_numpy(np.load(rows, mmap_mode="c"))
-    labels = torch.from_numpy(np.load(label_rows, mmap_mode="c"))
+    latents = torch.from_numpy(np.load(os.path.join(folder, "latents.npy"), mmap_mode="c"))
+    labels = torch.from_numpy(np.load(os.path.join(folder, "labels.npy"), mmap_mode="c"))
     return latents, labels
+
+
+def publish_cache(work, folder):
+    """Rename the complete private folder `work` to the cache's name `folder`. If another run
+    published the same cache meanwhile, its copy (the same latents) stays and ours is deleted."""
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "done.json")):
+        # only an older version of this script wrote into the cache's name directly
+        print(f"latent cache: {folder} is incomplete (an interrupted run?); replacing it")
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rename(work, folder)  # atomic; fails if `folder` exists (and is not empty)
+    except OSError:
+        if not os.path.isfile(os.path.join(folder, "done.json")):
+            raise
+        shutil.rmtree(work)
+
+
+def remove_dead_partials(folder):
+    """Delete the private folders of this cache that runs on this machine left when killed."""
+    prefix = f"{os.path.basename(folder)}.partial-{socket.gethostname()}-"
+    parent = os.path.dirname(folder) or "."
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
+            print(f"latent cache: deleting {name}, left by a run that was stopped")
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

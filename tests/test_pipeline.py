@@ -67,6 +67,41 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     torch.testing.assert_close(torch.from_numpy(np.load(folder / "latents.npy")), latents, rtol=0, atol=0)
 
 
+def test_latent_cache_is_published_whole_and_the_first_copy_wins(work, tmp_path, monkeypatch):
+    """Rows go into a private folder that is renamed into place when complete, so two runs that
+    encode the same cache at once never write into each other's files, and a killed run's folder
+    is deleted by the next run on this machine."""
+    import socket
+    import subprocess
+    import sys
+
+    import train_dit
+
+    cache = tmp_path / "cache"
+    run("train_dit.py", dit_args(work, tmp_path / "d1", steps=1) + ["--cache-dir", str(cache)])
+    (name,) = os.listdir(cache)
+    folder = cache / name
+    first = np.load(folder / "latents.npy")
+    # another run finishing the same cache later: its copy is dropped, the published one stays
+    late = cache / f"{name}.partial-x-1"
+    late.mkdir()
+    for f in ("latents.npy", "labels.npy", "done.json"):
+        (late / f).write_bytes(b"not the published copy")
+    train_dit.publish_cache(str(late), str(folder))
+    assert sorted(os.listdir(cache)) == [name] and np.array_equal(np.load(folder / "latents.npy"), first)
+    # folders of killed runs (a process that has exited) are deleted; a running process's are kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    stale, live = cache / f"{name}.partial-{host}-{dead}", cache / f"{name}.partial-{host}-{os.getppid()}"
+    stale.mkdir(), live.mkdir()
+    (folder / "done.json").unlink()  # forces an encode, which cleans up first
+    proc = run("train_dit.py", dit_args(work, tmp_path / "d2", steps=1) + ["--cache-dir", str(cache)])
+    assert "left by a run that was stopped" in proc.stdout and "is incomplete" in proc.stdout
+    assert sorted(os.listdir(cache)) == sorted([name, live.name])
+    assert np.array_equal(np.load(folder / "latents.npy"), first)
+
+
 def test_latent_cache_from_two_processes_and_data_loader_workers(work, tmp_path):
     """Two ranks (gloo), each reading its images through a worker process, write one cache: the same one."""
     import subprocess
