@@ -867,6 +867,11 @@ def evaluate_runs(args, meta, cfg_scales, device):
                         values = json.load(fh)
                 else:
                     model, ae, ckpt = dcae15.load_dit(path)
+                    if ckpt["step"] != step:  # a run still training replaced its last.pt meanwhile
+                        print(f"{label} {folder}: {os.path.basename(path)} holds step {ckpt['step']} "
+                              f"now, not {step} (is the run still training?); that point is left "
+                              f"out: run curve again to evaluate it")
+                        continue
                     aes.setdefault(ckpt["ae"]["fingerprint"], (ckpt["ae"]["path"], ae))
                     t0 = time.time()
                     found = judge_samples(model.to(device), ae.to(device), ckpt, judge, ref,

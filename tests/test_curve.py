@@ -3,11 +3,13 @@ and the command end to end on tiny runs."""
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
 
 import data
+import dcae15
 import evaluate
 import fid
 from helpers import run_script
@@ -175,6 +177,26 @@ def test_curve_end_to_end_and_cached_points(runs):
     budget = run_script("evaluate.py", [*curve_args(d, f"aug={d / 'aug0'}"), "--max-step", "3"])
     assert [r["step"] for r in json.loads((d / "curve.json").read_text())["rows"]] == [2]
     assert " step 2: " not in budget.stdout
+
+
+def test_curve_leaves_out_a_last_pt_that_changed_while_it_ran(runs, tmp_path, monkeypatch):
+    """A run still training replaces last.pt between the listing of the points and their sampling:
+    the point is left out with a message, not evaluated under the step it had when listed."""
+    run = tmp_path / "aug"
+    shutil.copytree(runs / "aug0", run)
+    shutil.rmtree(run / "curve", ignore_errors=True)
+    (run / "step_0000004.pt").unlink()  # the points: step_0000002.pt and last.pt (step 4)
+    real_load = dcae15.load_dit
+
+    def load_a_newer_last_pt(path, *args, **kwargs):
+        model, ae, ckpt = real_load(path, *args, **kwargs)
+        return model, ae, {**ckpt, "step": ckpt["step"] + 1} if path.endswith("last.pt") else ckpt
+
+    monkeypatch.setattr(dcae15, "load_dit", load_a_newer_last_pt)
+    proc = run_script("evaluate.py", curve_args(tmp_path, f"aug={run}"))
+    assert "last.pt holds step 5 now, not 4" in proc.stdout
+    assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())["rows"]] == [2]
+    assert [p.name.split("-")[0] for p in (run / "curve").iterdir()] == ["step_0000002"]  # nothing cached for it
 
 
 def test_curve_bad_input_fails_before_any_work(runs, tmp_path):
