@@ -13,30 +13,8 @@ import pytest
 import torch
 
 import dcae15
-
-
-class RecordingModel(torch.nn.Module):
-    """A stand-in for the DiT: output = fn(x, t), and every (x, t) it is called with is recorded."""
-
-    def __init__(self, fn, num_classes=10):
-        super().__init__()
-        self.fn, self.seen = fn, []
-        self.cfg = type("cfg", (), {"num_classes": num_classes})
-
-    def forward(self, x, t, y):
-        self.seen.append((x.clone(), t.clone()))
-        return self.fn(x, t)
-
-
-def gaussian_velocity(mu, s):
-    """E[x_0 - eps | x_t = x] when the data is N(mu, s^2) per element and x_t = t x_0 + (1 - t) eps
-    (the regression of x_0 - eps on the Gaussian x_t)."""
-
-    def fn(x, t):
-        t = t.view(-1, 1, 1, 1).to(x.dtype)
-        return mu + (t * s**2 - (1 - t)) / (t**2 * s**2 + (1 - t) ** 2) * (x - t * mu)
-
-    return fn
+# a stand-in DiT that records its inputs, and the exact velocity field of Gaussian data
+from test_flow import VelocityModel as RecordingModel, gaussian_velocity
 
 
 def gaussian_eps(diff, mu, s):
