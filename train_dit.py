@@ -109,7 +109,7 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
         work = [None]  # this run's private folder, named by rank 0 and written by every rank
         if rank == 0:
             remove_dead_partials(folder)
-            work[0] = f"{folder}.partial-{socket.gethostname()}-{os.getpid()}"
+            work[0] = f"{partial_prefix(folder)}{os.getpid()}"
             os.makedirs(work[0], exist_ok=True)
             common.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
         if world > 1:
@@ -160,9 +160,14 @@ def publish_cache(work, folder):
         shutil.rmtree(work)
 
 
+def partial_prefix(folder):
+    """The name of a run's private folder for the cache `folder`, less the run's process id."""
+    return f"{folder}.partial-{socket.gethostname()}-"
+
+
 def remove_dead_partials(folder):
     """Delete the private folders of this cache that runs on this machine left when killed."""
-    prefix = f"{os.path.basename(folder)}.partial-{socket.gethostname()}-"
+    prefix = os.path.basename(partial_prefix(folder))
     parent = os.path.dirname(folder) or "."
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
         pid = name[len(prefix):]

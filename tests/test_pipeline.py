@@ -67,7 +67,7 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     torch.testing.assert_close(torch.from_numpy(np.load(folder / "latents.npy")), latents, rtol=0, atol=0)
 
 
-def test_latent_cache_is_published_whole_and_the_first_copy_wins(work, tmp_path, monkeypatch):
+def test_latent_cache_is_published_whole_and_the_first_copy_wins(work, tmp_path):
     """Rows go into a private folder that is renamed into place when complete, so two runs that
     encode the same cache at once never write into each other's files, and a killed run's folder
     is deleted by the next run on this machine."""
