@@ -93,6 +93,14 @@ def real_source(qualname):
     return textwrap.dedent(inspect.getsource(getattr(owner, name)))
 
 
+def assert_grader_fails(qualname, source, monkeypatch):
+    """Put `source` (a version of the function `qualname`) in the real one's place: its grader fails."""
+    owner, name = owner_and_name(qualname)
+    monkeypatch.setattr(owner, name, compile_in_dcae15(source, name))
+    with pytest.raises(Exception):
+        MUTANTS[qualname][0]()
+
+
 CASES = [(q, what, old, new) for q, (_, edits) in MUTANTS.items() for what, old, new in edits]
 
 
@@ -100,10 +108,7 @@ CASES = [(q, what, old, new) for q, (_, edits) in MUTANTS.items() for what, old,
 def test_grader_catches_a_wrong_body(qualname, what, old, new, monkeypatch):
     source = real_source(qualname)
     assert source.count(old) == 1, f"the mutant '{what}' no longer matches {qualname}: update MUTANTS"
-    owner, name = owner_and_name(qualname)
-    monkeypatch.setattr(owner, name, compile_in_dcae15(source.replace(old, new), name))
-    with pytest.raises(Exception):
-        MUTANTS[qualname][0]()
+    assert_grader_fails(qualname, source.replace(old, new), monkeypatch)
 
 
 @pytest.mark.parametrize("qualname", list(MUTANTS))
@@ -113,10 +118,7 @@ def test_grader_catches_an_emptied_body(qualname, monkeypatch):
     fn = tree.body[0]
     doc = [fn.body[0]] if isinstance(fn.body[0], ast.Expr) else []
     fn.body = doc + [ast.Pass()]
-    owner, name = owner_and_name(qualname)
-    monkeypatch.setattr(owner, name, compile_in_dcae15(ast.unparse(tree), name))
-    with pytest.raises(Exception):
-        MUTANTS[qualname][0]()
+    assert_grader_fails(qualname, ast.unparse(tree), monkeypatch)
 
 
 @pytest.mark.parametrize("qualname", list(MUTANTS))
