@@ -47,14 +47,13 @@ def counted_flops(fn):
 
 def build_pieces(args, device):
     """{name: (function doing one iteration, items per iteration, unit)}."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = dcae15.autocast(device)
     gen = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
-    ae = dcae15.DCAE(dcae15.build_dcae_config(args.ae)).to(device)
+    cfg = dcae15.build_dcae_config(args.ae)
+    cfg.check_image_size(args.image_size, "--image-size")
+    ae = dcae15.DCAE(cfg).to(device)
     f, C, B = ae.spatial_compression_ratio, ae.latent_channels, args.batch_size
-    if args.image_size % f:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by {args.ae}'s "
-                         f"compression {f}")
     x = torch.rand(B, 3, args.image_size, args.image_size, device=device, generator=gen) * 2 - 1
     loss_fn = dcae15.AutoencoderLoss(l1_weight=1.0, lpips_weight=0.0)  # L1: no weights to download
     ae_opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
@@ -159,9 +158,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main(build_parser().parse_args())
-    except ValueError as err:
-        sys.exit(f"bench.py: error: {err}")
+    common.command_line(main, build_parser())

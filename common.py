@@ -4,18 +4,16 @@ common.py: the run plumbing the four scripts share (train_ae.py, train_dit.py, s
 - Distributed setup for `python script.py` and `torchrun --nproc_per_node=N script.py`.
 - EMA, learning-rate warmup, RNG state capture (for exact resume).
 - Run folders: starting or resuming a run, and the log lines.
-- Pictures and metrics: uint8 conversion, image grids, atomic .npz files, PSNR.
+- Pictures and metrics: uint8 conversion, image grids, PSNR.
 
-Images come from data.py; models, losses, samplers and checkpoint formats from dcae15.py.
+Images come from data.py, models, losses and samplers from dcae15.py, file formats from checkpoint.py.
 """
 
 import functools
-import json
 import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -23,6 +21,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
+import checkpoint
 import dcae15
 
 # ==================================================================================================
@@ -182,47 +181,6 @@ def restore_rng_states(states, rank, generators):
     set_rng_state(states[min(rank, len(states) - 1)], generators)
 
 
-# ==================================================================================================
-# Run folders: start or resume, log lines
-# ==================================================================================================
-
-
-def checkpoint_to_resume(args, kind):
-    """The checkpoint `<out>/last.pt` to continue (with --resume), or None for a new run.
-
-    With --resume it must be a `kind` checkpoint (dcae15.AE_KIND or dcae15.DIT_KIND). Without
-    --resume, an existing run is never overwritten.
-    """
-    last_path = os.path.join(args.out, "last.pt")
-    if not args.resume:
-        if os.path.exists(last_path):
-            raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose "
-                                  f"another --out")
-        return None
-    if not os.path.isfile(last_path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-    ckpt = dcae15.load_checkpoint(last_path)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
-        raise ValueError(f"--resume: {last_path} is not a {kind} checkpoint")
-    return ckpt
-
-
-def adopt_run_flags(args, run_args, parser, free_args):
-    """Continue a run with its own flags: set each flag of `args` to the run's value, in place.
-
-    A flag in `free_args` may change (e.g. --max-steps); a flag left at its default takes the run's
-    value; a flag explicitly set to another value is an error (silently changing a run is worse).
-    """
-    defaults = vars(parser.parse_args([]))
-    for key, value in run_args.items():
-        if key in free_args or getattr(args, key) == value:
-            continue
-        if getattr(args, key) != defaults[key]:
-            raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from "
-                             f"the run's {value}; drop the flag to continue the run as it was")
-        setattr(args, key, value)
-
-
 def progress(iterable=None, **kwargs):
     """A tqdm bar on stdout. On a terminal it redraws often; redirected to a file (SLURM, nohup) it
     writes at most one update every 30 s, so that a log holds a few progress lines rather than a
@@ -233,41 +191,29 @@ def progress(iterable=None, **kwargs):
                 maxinterval=max(10.0, interval), **kwargs)
 
 
-class RunLog:
-    """Rank 0's log lines, to stdout (above the tqdm bar) and to <out>/log.txt, and their averages.
+def command_line(main, parser):
+    """Run a script's `main` on its parsed flags. Bad input raises ValueError, FileNotFoundError or
+    FileExistsError with a message that says what to do; the user gets that one line, not a
+    traceback."""
+    try:
+        main(parser.parse_args())
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        sys.exit(f"{parser.prog}: error: {err}")
 
-    `accumulate` adds each step's terms (as tensors: no GPU sync per step); `averages` returns the
-    mean of each term over the steps since the last call and over the ranks, then starts anew.
-    """
 
-    def __init__(self, out, master):
-        self.master = master
-        self.file = open(os.path.join(out, "log.txt"), "a") if master else None
-        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
-
-    def write(self, text, echo=True):
-        if self.master:
-            if echo:
-                tqdm.write(text, file=sys.stdout)
-            self.file.write(text + "\n")
-            self.file.flush()
-
-    def accumulate(self, terms, items):
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
-        self.count += 1
-        self.items += items
-
-    def averages(self):
-        """(means of the terms, items per second) since the last call."""
-        means = {k: all_reduce_mean(v.item() / self.count) for k, v in self.sums.items()}
-        rate = self.items / max(time.time() - self.t0, 1e-9)
-        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
-        return means, rate
-
-    def close(self):
-        if self.file:
-            self.file.close()
+def channel_list(text, latent_channels, flag, default):
+    """A flag's comma-separated c' values ("8,16,64" -> [8, 16, 64], sorted, each in [1, c]), or
+    `default` when the flag is not given."""
+    if text is None:
+        return default
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    try:
+        return dcae15.check_channel_choices(values, latent_channels)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
 
 
 def check_positive(args, names):
@@ -297,37 +243,8 @@ def save_grid(images, path, ncol):
         r, c = divmod(i, ncol)
         top, left = 2 + r * (h + 2), 2 + c * (w + 2)
         grid[:, top : top + h, left : left + w] = images[i]
-    with dcae15.atomic_write(path, ".png") as tmp:
+    with checkpoint.atomic_write(path, ".png") as tmp:
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
-
-
-def save_npz(path, **arrays):
-    """np.savez, atomically (`dcae15.atomic_write`)."""
-    with dcae15.atomic_write(path, ".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def create_npy(path, shape, dtype):
-    """An .npy file of the given shape, its rows still zero (a sparse file): processes then write
-    their rows with write_npy_rows, and no process ever holds the whole array."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(shape)}
-    with open(path, "wb") as fh:
-        np.lib.format.write_array_header_2_0(fh, header)
-        fh.truncate(fh.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
-
-
-def npy_layout(fh):
-    """(shape, dtype, offset of the data) of an open .npy file (or zip member)."""
-    version = np.lib.format.read_magic(fh)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-    if read_header is None:
-        raise ValueError(f"unsupported .npy format version {version}")
-    shape, fortran, dtype = read_header(fh)
-    if fortran:
-        raise ValueError("Fortran-ordered .npy arrays are not supported")
-    return shape, dtype, fh.tell()
 
 
 def release_free_memory():
@@ -361,57 +278,34 @@ def _libc_with_malloc_trim():
     return libc if hasattr(libc, "malloc_trim") else None
 
 
-def write_npy_rows(path, start, rows):
-    """Write `rows` (a numpy array) into the .npy file at `path` from row `start` on, in place."""
-    with open(path, "r+b") as fh:
-        shape, dtype, offset = npy_layout(fh)
-        if rows.shape[1:] != tuple(shape[1:]) or rows.dtype != dtype or start + len(rows) > shape[0]:
-            raise ValueError(f"rows {rows.dtype} {rows.shape} at {start} do not fit {path} "
-                             f"({dtype} {shape})")
-        fh.seek(offset + start * rows[0].nbytes)
-        fh.write(np.ascontiguousarray(rows).tobytes())
+@torch.no_grad()
+def partial_reconstructions(ae, x, channel_list):
+    """(c', D(E(x)[:, :c'])) for each c' of `channel_list`, clamped to [-1, 1], from one encoder
+    pass: the reconstructions from the first c' latent channels (the paper's Figure 3)."""
+    z = ae.encode(x)
+    for c in channel_list:
+        yield c, ae.decode(z[:, :c]).clamp(-1, 1)
 
 
-def read_npy_rows(fh, shape, dtype, start, count):
-    """Rows [start, start + count) of an .npy file open at its data offset + start's position."""
-    count = min(count, shape[0] - start)
-    row = int(np.prod(shape[1:])) * dtype.itemsize
-    return np.frombuffer(fh.read(count * row), dtype=dtype).reshape(count, *shape[1:])
+def mean_psnr(ae, batches, channel_list):
+    """{c': mean PSNR (dB) of the reconstructions from the first c' channels} over batches of
+    images in [-1, 1]."""
+    sums, n = dict.fromkeys(channel_list, 0.0), 0
+    for x in batches:
+        for c, rec in partial_reconstructions(ae, x, channel_list):
+            sums[c] += psnr(rec, x).sum().item()
+        n += x.shape[0]
+    return {c: total / n for c, total in sums.items()}
 
 
-def npz_from_npy(path, members, chunk=1 << 26):
-    """An .npz (uncompressed, as np.savez writes) whose arrays are the .npy files `members`
-    ({name: .npy path}), copied in chunks of `chunk` bytes; written atomically."""
-    import shutil
-    import zipfile
-
-    with dcae15.atomic_write(path, ".npz") as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, src in members.items():
-                with open(src, "rb") as fin, zf.open(f"{name}.npy", "w", force_zip64=True) as fout:
-                    shutil.copyfileobj(fin, fout, chunk)
-
-
-def npz_batches(path, name="arr_0", batch_size=64, rank=0, world=1):
-    """Batches of the array `name` of an .npz, read from the file as they are needed (never the
-    whole array in memory), this rank's share (batch k goes to rank k % world); with the shape."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise ValueError(f"{path} has no array {name!r}")
-        with zf.open(f"{name}.npy") as fh:
-            shape, dtype, _ = npy_layout(fh)
-            for k, start in enumerate(range(0, shape[0], batch_size)):
-                rows = read_npy_rows(fh, shape, dtype, start, batch_size)  # read in order, always
-                if k % world == rank:
-                    yield rows
-
-
-def write_json(path, obj):
-    """json.dump, atomically (`dcae15.atomic_write`)."""
-    with dcae15.atomic_write(path) as tmp, open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
+@torch.no_grad()
+def save_recon_grid(path, images, models, channel_list):
+    """A PNG with a row per image: the original, then each model's reconstruction from the first
+    c' channels for each c' of `channel_list` in turn."""
+    columns = [images]
+    for ae in models:
+        columns += [rec for _, rec in partial_reconstructions(ae, images, channel_list)]
+    save_grid(torch.stack(columns, dim=1).flatten(0, 1), path, ncol=len(columns))
 
 
 def psnr(x, y):

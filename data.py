@@ -183,6 +183,18 @@ class TransformedDataset(torch.utils.data.Dataset):
         return self.transform(img), label
 
 
+def add_dataset_flags(parser, data_help="training images"):
+    """--data, --data-path and --skip-bad-images, as every script that reads images takes them."""
+    parser.add_argument("--data", default="shapes", choices=DATASETS,
+                        help=f"{data_help}: shapes = the built-in procedural set (no files); "
+                             f"imagefolder = --data-path with class folders; cifar10 = "
+                             f"torchvision's CIFAR-10 under --data-path")
+    parser.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip unreadable files of an image folder (a warning names each) "
+                             "instead of stopping at the first")
+
+
 def data_seed(run_args):
     """The shapes set's seed in a run's args dict (its --data-seed). Runs made before --data-seed
     existed drew their shapes with --seed, so that is their data seed."""

@@ -1,6 +1,6 @@
 """
 dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss, a DiT, the
-diffusion objective with augmented diffusion training and its sampler, and the checkpoint formats.
+diffusion objectives with augmented diffusion training and their samplers, and the official weights.
 
 Papers:
   DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion
@@ -19,18 +19,15 @@ Map of this file (section -> paper):
   6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
   7. Diffusion objective + sampler -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented
                                       Diffusion Training", DDIM eq. 12, classifier-free guidance
-  8. Checkpoints                   -> the files train_ae.py / train_dit.py write, official weights
+  8. Official weights              -> the official DC-AE 1.5 checkpoints, the latent scaling factor
 
 Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial
 compression. Module and parameter names follow the official DC-Gen code, so official state dicts
 load key for key.
 """
 
-import contextlib
-import hashlib
 import math
 import os
-import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -89,6 +86,20 @@ class DCAEConfig:
     def to_dict(self):
         # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
         return asdict(self)
+
+    @property
+    def spatial_compression_ratio(self):
+        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then
+        # one at the end of every stage but the last. f32 has 6 stages, f64 has 7.
+        return 2 ** (len(self.encoder.width_list) - 1)
+
+    def check_image_size(self, size, what="image size"):
+        """A clear error for an image size (an int, or "HxW" with both sides checked) that this
+        autoencoder cannot encode: it must be a multiple of the spatial compression f."""
+        f = self.spatial_compression_ratio
+        if any(int(side) % f for side in str(size).split("x")):
+            raise ValueError(f"{what} {size} is not divisible by the spatial compression {f} of "
+                             f"this autoencoder; resize or crop to a multiple of {f}")
 
 
 def _dcae_config(width_list, depth_list, latent_channels, scaling_factor=None):
@@ -183,6 +194,8 @@ class ConvLayer(nn.Module):
         return x
 
 
+# Two near-identical names, both official (the state-dict keys need them): ResBlock is the body of
+# a residual block (two convs), ResidualBlock adds the shortcut around any body.
 class ResBlock(nn.Module):
     """The body of a residual block: norm(conv2(act(conv1(x)))); `+ x` lives in ResidualBlock."""
 
@@ -414,19 +427,13 @@ class DCAE(nn.Module):
 
     @property
     def spatial_compression_ratio(self):
-        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then
-        # one at the end of every stage but the last. f32 has 6 stages, f64 has 7.
-        return 2 ** (len(self.cfg.encoder.width_list) - 1)
+        return self.cfg.spatial_compression_ratio
 
     def check_images(self, x):
-        f = self.spatial_compression_ratio
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"expected images of shape (B, {self.cfg.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
-        if x.shape[2] % f or x.shape[3] % f:
-            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the "
-                             f"spatial compression {f} of this autoencoder; resize or crop to a "
-                             f"multiple of {f}")
+        self.cfg.check_image_size(f"{x.shape[2]}x{x.shape[3]}")
 
     def check_latent_channels(self, c_prime):
         c = self.cfg.latent_channels
@@ -1174,12 +1181,20 @@ def build_objective(name):
     return OBJECTIVES[name]()
 
 
+def autocast(device):
+    """bf16 autocast on CUDA, as the official code trains and samples (fp16 overflows in large conv
+    nets); off on the CPU, where everything stays fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+
+
 @torch.no_grad()
-def generate(model, ae, latent_scale, y, generator, objective="ddpm", steps=50, method=None,
+def generate(model, ae, latent_scale, y, generator, objective, steps=50, method=None,
              cfg_scale=1.0, latent_channels=None, **sampler_options):
     """Class-conditional images for labels y: sample latents, unscale them, decode.
 
-    `objective` names the model's training objective ("ddpm" or "flow"); `method` its sampler
+    `objective` names the model's training objective ("ddpm" or "flow"; a train_dit.py checkpoint
+    says which in its "objective"): it has no default, since sampling a flow model with DDIM, or
+    the reverse, gives wrong images without any error. `method` is its sampler
     (default: the objective's first, DDIM or Heun). sampler_options: eta for DDIM. Returns
     (B, 3, H, W) images in about [-1, 1], unclamped (common.to_uint8 clamps). The DiT runs under
     bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py, train_dit.py's
@@ -1187,9 +1202,9 @@ def generate(model, ae, latent_scale, y, generator, objective="ddpm", steps=50, 
     generator.
     """
     objective = build_objective(objective)
-    cfg = model.cfg
-    shape = (len(y), cfg.in_channels, cfg.input_size, cfg.input_size)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=y.device.type == "cuda"):
+    config = model.cfg
+    shape = (len(y), config.in_channels, config.input_size, config.input_size)
+    with autocast(y.device):
         z = objective.sample(model, shape, y, steps=steps, method=method or objective.methods[0],
                              cfg_scale=cfg_scale, generator=generator,
                              latent_channels=latent_channels, **sampler_options)
@@ -1199,100 +1214,11 @@ def generate(model, ae, latent_scale, y, generator, objective="ddpm", steps=50, 
 
 
 # ==================================================================================================
-# 8. Checkpoints: what train_ae.py and train_dit.py write, and the official weights
+# 8. Official weights and the latent scale
 # ==================================================================================================
 #
-# Our checkpoints are plain dicts of tensors and plain values (loadable with weights_only=True),
-# told apart by their "kind". `ae_checkpoint` / `dit_checkpoint` build them; `load_autoencoder` and
-# `load_dit` read them (and official DC-AE files) for the scripts.
-
-AE_KIND = "dcae15-ae"  # train_ae.py
-DIT_KIND = "dcae15-dit"  # train_dit.py
-
-
-@contextlib.contextmanager
-def atomic_write(path, suffix=""):
-    """Yields a temp file name in the folder of `path` (ending in `suffix`, for writers that go by
-    the extension); when the block ends without an error, the temp file is renamed over `path`.
-    A crash mid-write leaves the previous file intact and no temp file behind."""
-    tmp = f"{path}.tmp{os.getpid()}{suffix}"  # same folder: os.replace is an atomic rename
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_checkpoint(obj, path):
-    """torch.save atomically (`atomic_write`).
-
-    `obj` must hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
-    it loads with weights_only=True.
-    """
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path):
-    """Load a checkpoint safely (weights_only=True: no pickled code runs) onto the CPU.
-
-    A missing, truncated or corrupt file, or one that needs unpickling, raises an error of one line
-    that names the file.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load's errors for a short, corrupt or foreign file vary
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-            raise ValueError(f"{path} holds pickled Python objects, which loading with "
-                             f"weights_only=True refuses to run; it was not written by this "
-                             f"project") from None
-        reason = str(err) or type(err).__name__
-    raise ValueError(f"{path} cannot be read (truncated or corrupt?): {reason.splitlines()[0]}")
-
-
-def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_choices, val_psnr,
-                  disc=None, opt_disc=None):
-    """The checkpoint train_ae.py writes: all it takes to resume exactly, and the EMA weights."""
-    return {
-        "kind": AE_KIND,
-        "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),  # what every reader of an AE checkpoint loads
-        "disc": disc.state_dict() if disc is not None else None,
-        "opt": opt.state_dict(),
-        "opt_disc": opt_disc.state_dict() if opt_disc is not None else None,
-        "step": step,
-        "args": vars(args),  # the flags of the run; --resume checks them
-        "latent_scale": latent_scale,  # 1 / RMS of the EMA latents on validation images
-        "channel_choices": channel_choices,
-        "val_psnr": {str(c): v for c, v in val_psnr.items()},
-        "rng": rng,  # every rank's RNG states (common.gather_rng_states)
-    }
-
-
-def dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale, num_classes,
-                   aug_channel_choices, objective, class_names=None):
-    """The checkpoint train_dit.py writes; `ae_info` (from load_autoencoder) names its AE and
-    `objective` ("ddpm" or "flow") says what the model predicts, hence how to sample it."""
-    return {
-        "kind": DIT_KIND,
-        "objective": objective,
-        "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),  # what sample.py and evaluate.py load
-        "opt": opt.state_dict(),
-        "step": step,
-        "args": vars(args),
-        "ae": ae_info,
-        "latent_scale": latent_scale,
-        "num_classes": num_classes,
-        "aug_channel_choices": aug_channel_choices,
-        "class_names": class_names,
-        "rng": rng,
-    }
+# The module tree above mirrors the official one, so an official state dict loads with strict=True
+# and no renaming. Our own checkpoint files (what the scripts write and read) are checkpoint.py's.
 
 
 def check_state_dict(model, state_dict, max_listed=5):
@@ -1313,112 +1239,12 @@ def check_state_dict(model, state_dict, max_listed=5):
         raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
 
 
-def read_state_dict(path):
-    """The tensors of a weights file: .safetensors, or .pt/.pth holding {"state_dict": ...}, a state
-    dict, or one of our checkpoints (returned whole)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"autoencoder weights not found: {path}")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs the optional package safetensors: "
-                              f"pip install safetensors") from err
-        try:
-            return load_file(path, device="cpu")
-        except Exception as err:  # safetensors' own error type for a bad header or a short file
-            raise ValueError(f"{path} cannot be read (truncated or corrupt?): {err}") from None
-    sd = load_checkpoint(path)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return sd
-
-
 def autoencoder_state_dict(state_dict):
     """The autoencoder's entries of a state dict: keys under "encoder." / "decoder.", with the
     prefixes that DDP ("module.") and torch.compile ("_orig_mod.") add removed. Other entries (a
     discriminator, training state) are dropped, as the official loader does."""
     sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     return {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
-
-
-def fingerprint(state_dict):
-    """A short hash of a state dict's names and values: identifies an AE (cache key, DiT pair)."""
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        h.update(k.encode())
-        h.update(state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
-def read_autoencoder(path, ae_config=None):
-    """What an autoencoder file holds: (config, state dict, stored latent scale or None, source).
-
-    `path` is a train_ae.py checkpoint (its EMA weights and config; source "dcae15") or an official
-    DC-AE file (.safetensors / .pt) whose preset `ae_config` names (source "official").
-    """
-    raw = read_state_dict(path)
-    kind = raw.get("kind")
-    if kind == AE_KIND:
-        return DCAEConfig.from_dict(raw["config"]), raw["ema"], raw.get("latent_scale"), "dcae15"
-    if kind is not None:
-        raise ValueError(f"{path} is a {kind} checkpoint, not an autoencoder: pass a train_ae.py "
-                         f"checkpoint or an official DC-AE file")
-    if ae_config is None:
-        raise ValueError(f"{path} is not a train_ae.py checkpoint; for an official DC-AE file also "
-                         f"pass its preset with --ae-config (one of {sorted(DCAE_CONFIGS)})")
-    cfg = build_dcae_config(ae_config)
-    return cfg, autoencoder_state_dict(raw), cfg.scaling_factor, "official"
-
-
-def load_autoencoder(path, ae_config=None, latent_scale=None):
-    """The autoencoder a diffusion model works in: (ae in eval mode, latent_scale, info).
-
-    `path` as in `read_autoencoder`. `latent_scale` overrides the stored factor; it is required when
-    none is known. `info` is a plain dict that is enough to find and rebuild the AE again (it goes
-    into DiT checkpoints).
-    """
-    cfg, sd, stored_scale, source = read_autoencoder(path, ae_config)
-    scale = latent_scale if latent_scale is not None else stored_scale
-    if scale is None:
-        raise ValueError(f"no latent scaling factor is known for {path}: pass --latent-scale S "
-                         f"(1 / RMS of its latents; dcae15.measure_latent_scale computes it)")
-    ae = DCAE(cfg)
-    check_state_dict(ae, sd)
-    ae.load_state_dict(sd, strict=True)
-    info = {"path": path, "source": source, "ae_config": ae_config, "config": cfg.to_dict(),
-            "fingerprint": fingerprint(sd), "latent_scale": float(scale)}
-    return ae.eval().requires_grad_(False), float(scale), info
-
-
-def load_dit(path, ae_path=None):
-    """A train_dit.py checkpoint, ready to sample: (EMA DiT in eval mode, its AE, the checkpoint).
-
-    The autoencoder is the one the checkpoint names, or `ae_path` if it has moved; a different AE
-    (another fingerprint) is loaded with a warning, since its latents do not match the DiT's.
-    """
-    ckpt = load_checkpoint(path)
-    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
-    if kind != DIT_KIND:
-        what = "not a DiT checkpoint"
-        if kind == AE_KIND:
-            what = "an autoencoder checkpoint (train_ae.py)"
-        raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
-    ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
-    model = DiT(DiTConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["ema"], strict=True)
-    info = ckpt["ae"]
-    ae_path = ae_path or info["path"]
-    if not os.path.isfile(ae_path):
-        raise FileNotFoundError(f"the autoencoder this DiT was trained with, {ae_path}, is "
-                                f"missing; pass its new location with --ae-ckpt")
-    ae, _, new_info = load_autoencoder(ae_path, info["ae_config"], ckpt["latent_scale"])
-    if new_info["fingerprint"] != info["fingerprint"]:
-        warnings.warn(f"{ae_path} is not the autoencoder this DiT was trained with (its weights "
-                      f"differ); the samples will not decode correctly")
-    return model.eval().requires_grad_(False), ae, ckpt
 
 
 def load_official_dcae(path, name):
@@ -1430,8 +1256,10 @@ def load_official_dcae(path, name):
     (model.safetensors). scaling_factor is None when the official code does not give one
     (f32c128-1.5): measure it with `measure_latent_scale`.
     """
+    import checkpoint  # the file formats (.safetensors, .pt) are read there
+
     ae = DCAE(build_dcae_config(name))
-    sd = autoencoder_state_dict(read_state_dict(path))
+    sd = autoencoder_state_dict(checkpoint.read_state_dict(path))
     check_state_dict(ae, sd)
     ae.load_state_dict(sd, strict=True)
     scale = ae.cfg.scaling_factor

@@ -3,8 +3,8 @@ FID as pytorch-fid computes it: the Inception v3 network of the TF graph (torchv
 the pooling changes and the FID weights pt_inception-2015-12-05-6726825d.pth), streaming feature
 statistics (float64 running sums, mergeable across ranks) and the Fréchet distance.
 
-evaluate.py uses it for rFID and FID, bench.py to time the network; the Fréchet distance also serves
-evaluate.py's class judge, in that judge's own feature space.
+evaluate.py uses it for FID, metrics.py for rFID, curves.py for the FID of a curve's points, bench.py
+to time the network; the Fréchet distance also serves judge.py's class judge, in its own feature space.
 """
 
 import os

@@ -13,12 +13,12 @@ so the same seed and batch size give the same images, whatever the number of pro
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import common
 import dcae15
 
@@ -40,14 +40,14 @@ def parse_labels(text, num_samples, num_classes):
 
 def main(args):
     # ------------------------------------------------------------------ check the input, before any work
-    model, ae, ckpt = dcae15.load_dit(args.ckpt, args.ae_ckpt)
-    cfg, scale = model.cfg, ckpt["latent_scale"]
+    model, ae, ckpt = checkpoint.load_dit(args.ckpt, args.ae_ckpt)
+    config, scale = model.cfg, ckpt["latent_scale"]
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ValueError("--num-samples and --batch-size must be positive")
-    labels = parse_labels(args.class_labels, args.num_samples, cfg.num_classes)
+    labels = parse_labels(args.class_labels, args.num_samples, config.num_classes)
     c_prime = args.latent_channels
-    if c_prime is not None and not 1 <= c_prime <= cfg.in_channels:
-        raise ValueError(f"--latent-channels must be in [1, {cfg.in_channels}] for this model, "
+    if c_prime is not None and not 1 <= c_prime <= config.in_channels:
+        raise ValueError(f"--latent-channels must be in [1, {config.in_channels}] for this model, "
                          f"got {c_prime}")
     if not 1 <= args.steps <= 1000:
         raise ValueError(f"--steps must be in [1, 1000], got {args.steps}")
@@ -66,13 +66,13 @@ def main(args):
     rank, world, device = common.setup_distributed(args.device)
     model.to(device)
     ae.to(device)
-    size = cfg.input_size * ae.spatial_compression_ratio
+    size = config.input_size * ae.spatial_compression_ratio
     # Every rank writes its batches into one .npy file as they are made (rows in sample order), so
     # that no process holds them all (50,000 512-px samples are 39 GB). Under several nodes the
     # file must be on storage they share, like the checkpoint.
     rows = f"{args.npz or out}.rows.tmp.npy"
     if rank == 0:
-        common.create_npy(rows, (args.num_samples, size, size, 3), np.uint8)
+        checkpoint.create_npy(rows, (args.num_samples, size, size, 3), np.uint8)
     if world > 1:
         dist.barrier()
     n_batches = (args.num_samples + args.batch_size - 1) // args.batch_size
@@ -82,8 +82,8 @@ def main(args):
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
         x = dcae15.generate(model, ae, scale, y, gen, objective.name, args.steps, sampler,
                             args.cfg_scale, c_prime, **options)
-        common.write_npy_rows(rows, b * args.batch_size,
-                              common.to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, 3)
+        checkpoint.write_npy_rows(rows, b * args.batch_size,
+                                  common.to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, 3)
     if world > 1:
         dist.barrier()  # every row written
 
@@ -91,10 +91,10 @@ def main(args):
     if rank == 0:
         try:
             with open(rows, "rb") as fh:
-                shape, dtype, _ = common.npy_layout(fh)
-                first = torch.from_numpy(common.read_npy_rows(fh, shape, dtype, 0, args.grid_max))
+                shape, dtype, _ = checkpoint.npy_layout(fh)
+                first = torch.from_numpy(checkpoint.read_npy_rows(fh, shape, dtype, 0, args.grid_max))
             grid = first.permute(0, 3, 1, 2).float() / 127.5 - 1
-            ncol = min(cfg.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
+            ncol = min(config.num_classes, 10) if args.class_labels is None else min(len(grid), 10)
             common.save_grid(grid, out, ncol=ncol)
             partial = f", first {c_prime} channels" if c_prime else ""
             eta = f", eta {args.eta}" if sampler == "ddim" else ""
@@ -104,7 +104,7 @@ def main(args):
                 label_rows = f"{args.npz}.labels.tmp.npy"
                 np.save(label_rows, np.array(labels, dtype=np.int64))
                 try:
-                    common.npz_from_npy(args.npz, {"arr_0": rows, "arr_1": label_rows})
+                    checkpoint.npz_from_npy(args.npz, {"arr_0": rows, "arr_1": label_rows})
                 finally:
                     os.remove(label_rows)
                 print(f"wrote {args.npz}: arr_0 {tuple(shape)} uint8, arr_1 labels")
@@ -146,7 +146,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError) as err:  # bad input: a message, not a traceback
-        sys.exit(f"sample.py: error: {err}")
+    common.command_line(main, build_parser())

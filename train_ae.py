@@ -14,46 +14,31 @@ c' channels for each c' in the list: the paper's Figure 3).
 NOTE: the official DC-AE 1.5 training recipe is unreleased; the defaults here are ours (see README).
 """
 
-import argparse
 import copy
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import common
 import data
 import dcae15
+import trainer
 
 # Flags that may differ when resuming (they do not change what is computed); the rest must match.
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
                     "device", "skip_bad_images"}
 
 
-def parse_channel_list(text, latent_channels):
-    """--latent-channel-choices "8,16,64" -> [8, 16, 64]; None -> multiples of c/8."""
-    if text is None:
-        return dcae15.default_channel_choices(latent_channels)
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--latent-channel-choices must be comma-separated integers, "
-                         f"got {text!r}") from None
-    try:
-        return dcae15.check_channel_choices(values, latent_channels)
-    except ValueError as err:
-        raise ValueError(f"--latent-channel-choices: {err}") from None
-
-
 def load_init_from(args):
     """--init-from -> (config, AE state dict): one of our checkpoints (its EMA weights and config),
     or an official DC-AE file (.safetensors, or .pt/.pth) for the --model preset."""
-    cfg, sd, _, source = dcae15.read_autoencoder(args.init_from, args.model)
+    cfg, sd, _, source = checkpoint.read_autoencoder(args.init_from, args.model)
     if source == "official":
         try:
             with torch.device("meta"):  # shapes only: no second full-size model in memory
@@ -108,13 +93,13 @@ def describe_sampling(args, cfg):
 class Training:
     """What one training step needs: the models (and their DDP wrappers), the loss, the optimisers."""
 
-    ae: torch.nn.Module
+    model: torch.nn.Module  # the autoencoder
     ema: torch.nn.Module
     loss_fn: dcae15.AutoencoderLoss
     opt: torch.optim.Optimizer
     disc: Optional[torch.nn.Module] = None
     opt_disc: Optional[torch.optim.Optimizer] = None
-    ae_ddp: Optional[torch.nn.Module] = None  # = ae on one process
+    model_ddp: Optional[torch.nn.Module] = None  # = model on one process
     disc_ddp: Optional[torch.nn.Module] = None
 
 
@@ -145,69 +130,57 @@ def build_training(cfg, args, device, init_sd=None):
     return Training(ae, ema, loss_fn, opt, disc, opt_disc)
 
 
-def wrap_ddp(t, world, device):
+def wrap_ddp(state, world, device):
     """DistributedDataParallel wrappers for the trained modules (the modules themselves on 1 rank)."""
     ids = [device.index] if device.type == "cuda" else None
-    t.ae_ddp = DDP(t.ae, device_ids=ids) if world > 1 else t.ae
-    t.disc_ddp = DDP(t.disc, device_ids=ids) if world > 1 and t.disc is not None else t.disc
+    state.model_ddp = DDP(state.model, device_ids=ids) if world > 1 else state.model
+    state.disc_ddp = state.disc
+    if world > 1 and state.disc is not None:
+        state.disc_ddp = DDP(state.disc, device_ids=ids)
 
 
-def train_step(t, x, c_prime, step, args, autocast):
-    """One step: reconstruct x from its first c' channels, update the AE (and EMA), then the
-    discriminator. Returns (the loss terms, the AE's gradient norm)."""
-    t.ae.train()
-    if t.disc is not None:
-        t.disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
+def train_step(state, batch, c_prime, step, args):
+    """One step: reconstruct the images from their first c' channels, update the AE (and EMA), then
+    the discriminator. Returns (the loss terms, the AE's gradient norm)."""
+    x, _ = batch  # the labels are not used
+    autocast = dcae15.autocast(x.device)
+    state.model.train()
+    if state.disc is not None:
+        state.disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
     with autocast:
         # D(E(x) * mask_{c,c'}); for a list of c', one reconstruction each from one encoder pass
-        x_rec, _ = t.ae_ddp(x, c_prime)
+        x_rec, _ = state.model_ddp(x, c_prime)
         recs = x_rec if isinstance(x_rec, list) else [x_rec]
         # the loss of each c', averaged (as the official diffusion trainer averages its c' passes)
-        last = dcae15.last_decoder_weight(t.ae) if args.gan_adaptive_weight else None
-        per_c = [t.loss_fn.generator_loss(x, r, step, last) for r in recs]
+        last = dcae15.last_decoder_weight(state.model) if args.gan_adaptive_weight else None
+        per_c = [state.loss_fn.generator_loss(x, r, step, last) for r in recs]
         loss = sum(c_loss for c_loss, _ in per_c) / len(per_c)
         terms = {k: sum(c_terms[k] for _, c_terms in per_c) / len(per_c) for k in per_c[0][1]}
-    t.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    trained = [p for p in t.ae.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(trained, args.grad_clip)
-    t.opt.step()
-    common.update_ema(t.ema, t.ae, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+    trained = [p for p in state.model.parameters() if p.requires_grad]
+    grad_norm = trainer.optimizer_step(state, loss, trained, step, args)
     terms = {"loss": loss, **terms}
-    if t.loss_fn.gan_active(step):
-        t.disc.requires_grad_(True)
+    if state.loss_fn.gan_active(step):
+        state.disc.requires_grad_(True)
         with autocast:  # real images against every reconstruction of the step
             x_real = x.repeat(len(recs), 1, 1, 1)
-            d_loss = t.loss_fn.discriminator_loss(x_real, torch.cat(recs), t.disc_ddp)
-        t.opt_disc.zero_grad(set_to_none=True)
+            d_loss = state.loss_fn.discriminator_loss(x_real, torch.cat(recs), state.disc_ddp)
+        state.opt_disc.zero_grad(set_to_none=True)
         d_loss.backward()
-        t.opt_disc.step()
+        state.opt_disc.step()
         terms["d_loss"] = d_loss
     return terms, grad_norm
 
 
-@torch.no_grad()
-def reconstruct_table(ae, images, choices):
-    """Rows of [original, D(z[:, :c']) for c' in choices], flattened row-major for save_grid."""
-    cols = [images] + [ae(images, c)[0].clamp(-1, 1) for c in choices]
-    return torch.stack(cols, dim=1).flatten(0, 1)
-
-
-@torch.no_grad()
 def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
     """PSNR (dB) of full and partial-channel reconstructions of the first validation images, and
     1/RMS(z), the latent scaling factor."""
-    psnr = {c: 0.0 for c in choices}
-    sq_sum, count, n = 0.0, 0, min(num_images, len(val_set))
-    for start in range(0, n, batch_size):
-        batch = [val_set[i][0] for i in range(start, min(start + batch_size, n))]
-        x = torch.stack(batch).to(device)
-        z = ae.encode(x)
-        sq_sum += z.double().pow(2).sum().item()
-        count += z.numel()
-        for c in choices:
-            psnr[c] += common.psnr(ae.decode(z[:, :c]).clamp(-1, 1), x).sum().item()
-    return {c: v / n for c, v in psnr.items()}, 1.0 / math.sqrt(sq_sum / count)
+    n = min(num_images, len(val_set))
+
+    def batches():
+        for start in range(0, n, batch_size):
+            yield torch.stack([val_set[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
+
+    return common.mean_psnr(ae, batches(), choices), dcae15.measure_latent_scale(ae, batches())
 
 
 def final_report(report, scale, n_images, n_ranks, paths):
@@ -227,32 +200,25 @@ def main(args):
     if args.resume and args.init_from:
         raise ValueError("--resume continues a run and --init-from starts a new one from weights: "
                          "pass only one")
-    resume_ckpt = common.checkpoint_to_resume(args, dcae15.AE_KIND)
+    resume_ckpt = trainer.start_or_resume(args, checkpoint.AE_KIND, build_parser(), RESUME_FREE_ARGS)
     init_sd = None
     if resume_ckpt is not None:
-        run_args = {**resume_ckpt["args"], "data_seed": data.data_seed(resume_ckpt["args"])}
-        common.adopt_run_flags(args, run_args, build_parser(), RESUME_FREE_ARGS)
         cfg = dcae15.DCAEConfig.from_dict(resume_ckpt["config"])
     elif args.init_from:
         cfg, init_sd = load_init_from(args)
     else:
         cfg = dcae15.build_dcae_config(args.model)
-    choices = parse_channel_list(args.latent_channel_choices, cfg.latent_channels)
+    choices = common.channel_list(args.latent_channel_choices, cfg.latent_channels,
+                                  "--latent-channel-choices",
+                                  dcae15.default_channel_choices(cfg.latent_channels))
     check_channel_sampling(args)
     if args.gan_adaptive_weight and args.gan_weight > 0 and args.train_parts == "middle":
         raise ValueError("--gan-adaptive-weight compares gradients at the decoder's last layer, "
                          "which --train-parts middle freezes; train all or head with the GAN")
-    f = 2 ** (len(cfg.encoder.width_list) - 1)
-    if args.image_size % f:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by the spatial "
-                         f"compression {f} of this autoencoder; use a multiple of {f}")
-    common.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
+    cfg.check_image_size(args.image_size, "--image-size")
 
     # ------------------------------------------------------------------ processes and data
-    rank, world, device = common.setup_distributed(args.device)
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
-                         f"processes")
+    rank, world, device = trainer.setup_processes(args)
     master = rank == 0
     train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
                                    args.data_seed, skip_bad=args.skip_bad_images)
@@ -260,114 +226,73 @@ def main(args):
                                  skip_bad=args.skip_bad_images)
 
     # ------------------------------------------------------------------ models, losses, optimisers
-    t = build_training(cfg, args, device, init_sd)
-    # c' is drawn from its own generator, seeded per rank as the official trainer does (ranks
-    # differ)
-    channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    torch.manual_seed(args.seed * 1000 + rank)  # per-rank stream for anything else random
-    step = 0
-    if resume_ckpt is not None:
-        t.ae.load_state_dict(resume_ckpt["model"])
-        t.ema.load_state_dict(resume_ckpt["ema"])
-        t.opt.load_state_dict(resume_ckpt["opt"])
-        if t.disc is not None:
-            t.disc.load_state_dict(resume_ckpt["disc"])
-            t.opt_disc.load_state_dict(resume_ckpt["opt_disc"])
-        step = resume_ckpt["step"]
-        common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
-    wrap_ddp(t, world, device)
+    state = build_training(cfg, args, device, init_sd)
+    channel_gen = trainer.random_streams(args, rank)
+    step = trainer.restore(state, resume_ckpt, ["model", "ema", "opt"]
+                           + (["disc", "opt_disc"] if state.disc is not None else []),
+                           rank, channel_gen)
+    wrap_ddp(state, world, device)
     loader = data.infinite_loader(train_set, args.batch_size, rank, world, args.seed, step,
                                   args.num_workers, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     # ------------------------------------------------------------------ outputs (the input is valid)
     last_path = os.path.join(args.out, "last.pt")
     picture_path = os.path.join(args.out, "recon_partial.png")
-    if master:
-        os.makedirs(args.out, exist_ok=True)
-    log = common.RunLog(args.out, master)
-    n_params = sum(p.numel() for p in t.ae.parameters()) / 1e6
-    h = args.image_size // f
-    perceptual = "on" if t.loss_fn.perceptual else "off"
+    log = trainer.RunLog(args.out, master)
+    ae = state.model
+    n_params = sum(p.numel() for p in ae.parameters()) / 1e6
+    h = args.image_size // cfg.spatial_compression_ratio
+    perceptual = "on" if state.loss_fn.perceptual else "off"
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {n_params:.2f}M-param AE, "
               f"latent {cfg.latent_channels}x{h}x{h}, c' in {choices} "
               f"({describe_sampling(args, cfg)}), {world} process(es) on {device}, "
               f"perceptual {perceptual}")
     if args.train_parts != "all":
-        n_trained = sum(p.numel() for p in t.ae.parameters() if p.requires_grad) / 1e6
+        n_trained = sum(p.numel() for p in ae.parameters() if p.requires_grad) / 1e6
         log.write(f"training only the {args.train_parts} ({n_trained:.2f}M params: "
-                  f"{', '.join(dcae15.train_part_prefixes(t.ae, args.train_parts))}); the rest is "
+                  f"{', '.join(dcae15.train_part_prefixes(ae, args.train_parts))}); the rest is "
                   f"frozen")
     val_images = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
 
-    def save(final=False, picture=True):
+    def save(step, final=False, picture=True):
         """Checkpoint (rank 0 writes it atomically) and, with picture, the partial-channel picture."""
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return None
         # a quick look for periodic saves, the full report at the end
-        report, scale = validate(t.ema, val_set, choices, device, num_images=256 if final else 64)
-        ckpt = dcae15.ae_checkpoint(cfg, t.ae, t.ema, t.opt, step, args, rng, scale, choices, report,
-                                    t.disc, t.opt_disc)
-        dcae15.save_checkpoint(ckpt, last_path)
-        if args.save_every and (step % args.save_every == 0 or final):
-            dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
+        report, scale = validate(state.ema, val_set, choices, device, num_images=256 if final else 64)
+        ckpt = checkpoint.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
+                                        choices, report, state.disc, state.opt_disc)
+        trainer.write_checkpoint(ckpt, args, step, final)
         if picture or final:
-            common.save_grid(reconstruct_table(t.ema, val_images, choices), picture_path,
-                             ncol=len(choices) + 1)
+            common.save_recon_grid(picture_path, val_images, [state.ema], choices)
         return report, scale
 
     # ------------------------------------------------------------------ training loop
-    pbar = common.progress(total=args.max_steps, initial=step, disable=not master)
-    while step < args.max_steps:
-        x, _ = next(loader)
-        c_prime = draw_c_prime(args, choices, cfg.latent_channels, channel_gen)
-        lr = common.warmup_lr(t.opt, args.lr, step, args.warmup_steps)
-        terms, grad_norm = train_step(t, x, c_prime, step, args, autocast)
-        step += 1
-        pbar.update(1)
-        log.accumulate(terms, x.shape[0] * world)
-        if step % args.log_every == 0 or step == args.max_steps:
-            values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
-            log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f" | c' {c_prime} | grad {grad_norm.item():.3f} | lr {lr:.2e}"
-                      + f" | {rate:.1f} img/s")
-        keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
-        if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: below
-            save(picture=step % args.sample_every == 0)
-    pbar.close()
+    step = trainer.train_loop(state, args, step, world, log, loader,
+                              lambda: draw_c_prime(args, choices, cfg.latent_channels, channel_gen),
+                              train_step, save, unit="img")
 
     # ------------------------------------------------------------------ final report (EMA weights)
-    n_ranks = common.check_ranks_in_sync(t.ae)
-    result = save(final=True)
+    n_ranks = common.check_ranks_in_sync(ae)
+    result = save(step, final=True)
     if master:
         report, scale = result
         log.write(final_report(report, scale, min(256, len(val_set)), n_ranks,
                                [last_path, picture_path]))
         log.write(json.dumps({"final_psnr": {str(c): v for c, v in report.items()},
                               "latent_scale": scale}), echo=False)
-    log.close()
-    common.cleanup_distributed()
+    trainer.finish(log)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a DC-AE 1.5 autoencoder with a structured latent "
-                                            "space.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = trainer.run_parser("Train a DC-AE 1.5 autoencoder with a structured latent space.",
+                           out="runs/ae", batch_size=16, max_steps=2200, warmup_steps=50,
+                           log_every=100, sample_every=500, picture="recon_partial.png")
     p.add_argument("--model", default="dc-ae-f16c64-classroom",
                    help=f"preset: {', '.join(dcae15.DCAE_CONFIGS)}")
-    p.add_argument("--data", default="shapes", choices=data.DATASETS,
-                   help="shapes: built-in procedural set (no files); imagefolder: --data-path with "
-                        "class folders; cifar10: torchvision's CIFAR-10 under --data-path")
-    p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable files of an image folder (a warning names each) instead of "
-                        "stopping at the first")
     p.add_argument("--image-size", type=int, default=64,
                    help="training resolution (a multiple of the compression)")
-    p.add_argument("--out", default="runs/ae", help="run folder: last.pt, log.txt, recon_partial.png")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out exactly where last.pt left it")
     p.add_argument("--init-from", default=None,
                    help="start from weights: a train_ae.py checkpoint (its EMA) or an official "
                         "DC-AE 1.5 file (.safetensors / .pt) matching --model")
@@ -386,12 +311,7 @@ def build_parser():
                         "refinement of the decoder's last layers; dcae15.train_part_prefixes)")
     p.add_argument("--no-structured", action="store_true",
                    help="plain DC-AE baseline: always decode all c channels")
-    p.add_argument("--batch-size", type=int, default=16, help="global batch size (split over processes)")
-    p.add_argument("--max-steps", type=int, default=2200, help="training steps")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the autoencoder")
-    p.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the AE gradient norm to this")
     p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction loss")
     p.add_argument("--lpips-weight", type=float, default=0.5,
                    help="weight of the LPIPS loss (0 disables it)")
@@ -407,25 +327,10 @@ def build_parser():
                    help="multiply --gan-weight by VQGAN's adaptive weight (the ratio of the "
                         "reconstruction and GAN gradient norms at the decoder's last layer)")
     p.add_argument("--disc-lr", type=float, default=2e-4, help="learning rate of the discriminator")
-    p.add_argument("--ema-decay", type=float, default=0.995,
-                   help="EMA decay; short classroom runs need a short average (official runs: 0.9999)")
-    p.add_argument("--ema-warmup", type=int, default=200,
-                   help="EMA warmup: decay * (1 - exp(-step / warmup))")
-    p.add_argument("--log-every", type=int, default=100, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=500,
-                   help="steps between last.pt + recon_partial.png updates")
-    p.add_argument("--save-every", type=int, default=0,
-                   help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and c'")
-    p.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the shapes images themselves (the same set for every --seed)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message
-        sys.exit(f"train_ae.py: error: {err}")
+    common.command_line(main, build_parser())

@@ -15,24 +15,26 @@ USiT, the paper's main models). Each step adds the loss on the first c' channels
 loss = (L_full + w * L_masked(c')) / (1 + w), with c' drawn from --aug-channel-choices.
 """
 
-import argparse
 import copy
 import hashlib
 import json
 import os
 import shutil
 import socket
-import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import common
 import data
 import dcae15
+import trainer
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
 RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
@@ -62,7 +64,7 @@ def encode_into(ae, dataset, rows, flip, chunks, batch_size, num_workers, device
     write their unscaled latents (and, with flip, the mirror images' latents, N rows further on)
     into the .npy file `rows` at their dataset positions. Images come through a DataLoader with
     `num_workers` processes; only one batch is in memory at a time."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = dcae15.autocast(device)
     n = len(dataset)
     batches = [list(range(k * batch_size, min((k + 1) * batch_size, n))) for k in chunks]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
@@ -72,9 +74,9 @@ def encode_into(ae, dataset, rows, flip, chunks, batch_size, num_workers, device
             x = x.to(device)
             with autocast:
                 z = ae.encode(x).float().cpu().numpy()
-                common.write_npy_rows(rows, idx[0], z)
+                checkpoint.write_npy_rows(rows, idx[0], z)
                 if flip:
-                    common.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
+                    checkpoint.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
             labels[idx[0]] = y
             common.release_free_memory()  # keeps the process at one batch's memory (see there)
     except data.BadImageError as err:
@@ -111,7 +113,7 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             remove_dead_partials(folder)
             work[0] = f"{partial_prefix(folder)}{os.getpid()}"
             os.makedirs(work[0], exist_ok=True)
-            common.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
+            checkpoint.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
         if world > 1:
             dist.broadcast_object_list(work, src=0)
         work = work[0]
@@ -131,7 +133,7 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             if args.flip:
                 labels = torch.cat([labels, labels])
             np.save(os.path.join(work, "labels.npy"), labels.numpy().astype(np.int64))
-            common.write_json(os.path.join(work, "done.json"),
+            checkpoint.write_json(os.path.join(work, "done.json"),
                               {"key": key, "num_images": num_images, "rows": total})
             publish_cache(work, folder)
             print(f"latent cache: encoded {num_images} images in {time.time() - t0:.0f} s -> {folder}")
@@ -190,19 +192,26 @@ def process_alive(pid):
 # Model, one training step, samples
 
 
-def aug_channel_list(text, C):
-    """--aug-channel-choices "8,16" -> [8, 16]; None -> multiples of C/8 below C."""
-    if text:
-        try:
-            return dcae15.check_channel_choices(text.split(","), C)
-        except ValueError as err:
-            raise ValueError(f"--aug-channel-choices: {err}") from None
+def default_aug_channels(C):
     # NOTE: a guess, as for the AE: multiples of c/8 below c (c itself is the full-channel pass)
     return [c for c in dcae15.default_channel_choices(C) if c < C] or [C]
 
 
-def build_model(cfg, args, device):
-    """The DiT, its EMA copy and AdamW (no weight decay on biases and norm weights, as official)."""
+@dataclass
+class Training:
+    """What one training step needs: the DiT (and its DDP wrapper), its EMA copy, the optimiser and
+    the diffusion objective."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    objective: object  # dcae15.GaussianDiffusion or dcae15.FlowMatching
+    model_ddp: Optional[torch.nn.Module] = None  # = model on one process
+
+
+def build_training(cfg, args, device):
+    """The DiT, its EMA copy, AdamW (no weight decay on biases and norm weights, as official) and
+    the objective."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = dcae15.DiT(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -215,20 +224,25 @@ def build_model(cfg, args, device):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.999))
-    return model, ema, opt
+    return Training(model, ema, opt, dcae15.build_objective(args.objective))
 
 
-def train_step(model, model_ddp, ema, opt, diffusion, x, y, c_prime, step, args, autocast):
+def latent_batches(latents, labels, sampler, local_batch, latent_scale, device):
+    """This rank's batches (scaled latents, labels) in the order of the step sampler."""
+    while True:
+        idx = torch.tensor([next(sampler) for _ in range(local_batch)])
+        x = latents[idx].to(device, non_blocking=True).float() * latent_scale  # as the official code
+        yield x, labels[idx].to(device, non_blocking=True)
+
+
+def train_step(state, batch, c_prime, step, args):
     """One step of (augmented) diffusion training; returns (the loss terms, the gradient norm)."""
-    model.train()
-    with autocast:
-        loss, terms = diffusion.training_loss(model_ddp, x, y, c_prime=c_prime,
-                                              aug_weight=args.aug_weight)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    opt.step()
-    common.update_ema(ema, model, common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup))
+    x, y = batch
+    state.model.train()
+    with dcae15.autocast(x.device):
+        loss, terms = state.objective.training_loss(state.model_ddp, x, y, c_prime=c_prime,
+                                                aug_weight=args.aug_weight)
+    grad_norm = trainer.optimizer_step(state, loss, state.model.parameters(), step, args)
     return {"loss": loss, **terms}, grad_norm
 
 
@@ -243,30 +257,22 @@ def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, o
 
 def main(args):
     # ------------------------------------------------------------------ check the input, before any work
-    resume_ckpt = common.checkpoint_to_resume(args, dcae15.DIT_KIND)
-    if resume_ckpt is not None:
-        resume_ckpt["args"].setdefault("objective", "ddpm")  # runs from before flow matching
-        run_args = {**resume_ckpt["args"], "data_seed": data.data_seed(resume_ckpt["args"])}
-        common.adopt_run_flags(args, run_args, build_parser(), RESUME_FREE_ARGS)
+    resume_ckpt = trainer.start_or_resume(args, checkpoint.DIT_KIND, build_parser(), RESUME_FREE_ARGS,
+                                          old_defaults={"objective": "ddpm"})  # runs before flow
     if args.ae_ckpt is None:
         raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file "
                          "with --ae-config")
-    ae, latent_scale, ae_info = dcae15.load_autoencoder(args.ae_ckpt, args.ae_config, args.latent_scale)
+    ae, latent_scale, ae_info = checkpoint.load_autoencoder(args.ae_ckpt, args.ae_config,
+                                                            args.latent_scale)
     if resume_ckpt is not None and ae_info["fingerprint"] != resume_ckpt["ae"]["fingerprint"]:
         raise ValueError(f"--resume: {args.ae_ckpt} is not the autoencoder this run was trained with")
-    f = ae.spatial_compression_ratio
-    if args.image_size % f:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by the autoencoder's "
-                         f"compression {f}")
+    ae.cfg.check_image_size(args.image_size, "--image-size")
     C = ae.latent_channels
-    choices = aug_channel_list(args.aug_channel_choices, C)
-    common.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
+    choices = common.channel_list(args.aug_channel_choices, C, "--aug-channel-choices",
+                                  default_aug_channels(C))
 
     # ------------------------------------------------------------------ processes, data, latent cache
-    rank, world, device = common.setup_distributed(args.device)
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
-                         f"processes")
+    rank, world, device = trainer.setup_processes(args)
     master = rank == 0
     train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
                                    args.data_seed, skip_bad=args.skip_bad_images)
@@ -275,98 +281,68 @@ def main(args):
     ae.to(device)  # kept for the sample grids
 
     # ------------------------------------------------------------------ model, optimiser
-    cfg = dcae15.build_dit_config(args.model, input_size=args.image_size // f, in_channels=C,
-                                  num_classes=num_classes, patch_size=args.patch_size)
+    h = args.image_size // ae.spatial_compression_ratio
+    config = dcae15.build_dit_config(args.model, input_size=h, in_channels=C,
+                                     num_classes=num_classes, patch_size=args.patch_size)
     if resume_ckpt is not None:
-        cfg = dcae15.DiTConfig.from_dict(resume_ckpt["config"])
-    model, ema, opt = build_model(cfg, args, device)
-    diffusion = dcae15.build_objective(args.objective)
-    # per-rank c', as the official trainer draws it
-    channel_gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    torch.manual_seed(args.seed * 1000 + rank)  # per-rank t, noise and label dropout
-    step = 0
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
-        ema.load_state_dict(resume_ckpt["ema"])
-        opt.load_state_dict(resume_ckpt["opt"])
-        step = resume_ckpt["step"]
-        common.restore_rng_states(resume_ckpt["rng"], rank, {"channel": channel_gen})
+        config = dcae15.DiTConfig.from_dict(resume_ckpt["config"])
+    state = build_training(config, args, device)
+    channel_gen = trainer.random_streams(args, rank)
+    step = trainer.restore(state, resume_ckpt, ["model", "ema", "opt"], rank, channel_gen)
     ddp_ids = [device.index] if device.type == "cuda" else None
-    model_ddp = DDP(model, device_ids=ddp_ids) if world > 1 else model
+    state.model_ddp = DDP(state.model, device_ids=ddp_ids) if world > 1 else state.model
     sampler = iter(data.StepSampler(len(latents), args.batch_size, rank, world, args.seed, step))
-    local_batch = args.batch_size // world
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = latent_batches(latents, labels, sampler, args.batch_size // world, latent_scale, device)
 
     # ------------------------------------------------------------------ outputs (the input is valid)
     last_path = os.path.join(args.out, "last.pt")
     grid_path = os.path.join(args.out, "samples.png")
-    if master:
-        os.makedirs(args.out, exist_ok=True)
-    log = common.RunLog(args.out, master)
-    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    log = trainer.RunLog(args.out, master)
+    n_params = sum(p.numel() for p in state.model.parameters()) / 1e6
     augmentation = "plain (no augmented training)"
     if not args.no_augmented:
         augmentation = f"augmented with c' in {choices}, weight {args.aug_weight}"
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
               f"({n_params:.2f}M params) on {len(latents)} latents "
-              f"{C}x{cfg.input_size}x{cfg.input_size} x {latent_scale:.4f}, objective "
+              f"{C}x{config.input_size}x{config.input_size} x {latent_scale:.4f}, objective "
               f"{args.objective}, {augmentation}, {world} process(es) on {device}")
 
-    def save(final=False, picture=True):
+    def save(step, final=False, picture=True):
         """Checkpoint (rank 0 writes it atomically) and, with picture, the sample grid."""
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return
         class_names = data.SHAPE_CLASSES if args.data == "shapes" else None
-        ckpt = dcae15.dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale,
-                                     num_classes, choices, args.objective, class_names)
-        dcae15.save_checkpoint(ckpt, last_path)
-        if args.save_every and (step % args.save_every == 0 or final):
-            dcae15.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
+        ckpt = checkpoint.dit_checkpoint(config, state.model, state.ema, state.opt, step, args, rng,
+                                         ae_info, latent_scale, num_classes, choices, args.objective,
+                                         class_names)
+        trainer.write_checkpoint(ckpt, args, step, final)
         if picture or final:
-            images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
+            images = sample_grid(state.ema, ae, latent_scale, num_classes, 8, device, args.seed,
                                  args.objective, args.sample_steps, args.cfg_scale)
             common.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
-    pbar = common.progress(total=args.max_steps, initial=step, disable=not master)
-    while step < args.max_steps:
-        idx = torch.tensor([next(sampler) for _ in range(local_batch)])
-        # scaled as the official code does
-        x = latents[idx].to(device, non_blocking=True).float() * latent_scale
-        y = labels[idx].to(device, non_blocking=True)
-        c_prime = None
-        if not args.no_augmented:
-            c_prime = dcae15.sample_latent_channels(choices, generator=channel_gen)
-        lr = common.warmup_lr(opt, args.lr, step, args.warmup_steps)
-        terms, grad_norm = train_step(model, model_ddp, ema, opt, diffusion, x, y, c_prime, step,
-                                      args, autocast)
-        step += 1
-        pbar.update(1)
-        log.accumulate(terms, x.shape[0] * world)
-        if step % args.log_every == 0 or step == args.max_steps:
-            values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
-            log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f" | c' {c_prime if c_prime is not None else '-'}"
-                      + f" | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.0f} latents/s")
-        keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
-        if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: below
-            save(picture=step % args.sample_every == 0)
-    pbar.close()
-    n_ranks = common.check_ranks_in_sync(model)
-    save(final=True)
+    def draw_c_prime():  # the c' of the augmented pass, or None for the plain objective
+        if args.no_augmented:
+            return None
+        return dcae15.sample_latent_channels(choices, generator=channel_gen)
+
+    step = trainer.train_loop(state, args, step, world, log, batches, draw_c_prime, train_step, save,
+                              unit="latents")
+    n_ranks = common.check_ranks_in_sync(state.model)
+    save(step, final=True)
     done = f"wrote {last_path} and {grid_path}"
     if n_ranks > 1:
         done += f"\nDDP check: weights identical on all {n_ranks} ranks"
     log.write(done)
-    log.close()
-    common.cleanup_distributed()
+    trainer.finish(log)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a latent DiT with DC-AE 1.5 augmented diffusion "
-                                            "training.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = trainer.run_parser("Train a latent DiT with DC-AE 1.5 augmented diffusion training.",
+                           out="runs/dit", batch_size=32, max_steps=4400, warmup_steps=100,
+                           log_every=400, sample_every=2000, picture="samples.png")
     p.add_argument("--ae-ckpt", default=None,
                    help="train_ae.py checkpoint, or an official DC-AE file (+ --ae-config)")
     p.add_argument("--ae-config", default=None,
@@ -377,11 +353,6 @@ def build_parser():
                    help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
     p.add_argument("--patch-size", type=int, default=1,
                    help="DiT patch size (1 for DC-AE latents, as official)")
-    p.add_argument("--data", default="shapes", choices=data.DATASETS, help="training images")
-    p.add_argument("--data-path", default=None, help="dataset folder (imagefolder, cifar10)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable files of an image folder (a warning names each) instead of "
-                        "stopping at the first")
     p.add_argument("--image-size", type=int, default=64,
                    help="image resolution (latent size = this / compression)")
     p.add_argument("--max-images", type=int, default=10000,
@@ -393,9 +364,6 @@ def build_parser():
     p.add_argument("--encode-batch-size", type=int, default=64, help="batch size of the one-off encoding")
     p.add_argument("--num-workers", type=int, default=0,
                    help="data-loader processes that read and decode the images for the encoding")
-    p.add_argument("--out", default="runs/dit", help="run folder: last.pt, log.txt, samples.png")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out exactly where last.pt left it")
     p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
                    help="flow: flow matching with the linear interpolant (SiT / USiT, the paper's "
                         "headline models), sampled with Heun; ddpm: eps-prediction (DiT), sampled "
@@ -407,37 +375,16 @@ def build_parser():
                    help="w in (L_full + w L_masked) / (1 + w); 1 = the official mean of the two passes")
     p.add_argument("--no-augmented", action="store_true",
                    help="plain diffusion objective (the baseline)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
-    p.add_argument("--max-steps", type=int, default=4400, help="training steps")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="AdamW learning rate; 1e-3 suits the small classroom DiT (official DiT-XL: "
                         "1e-4 at batch 256)")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warmup")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
-    p.add_argument("--ema-decay", type=float, default=0.995,
-                   help="EMA decay; short classroom runs need a short average (the official runs use "
-                        "0.9999)")
-    p.add_argument("--ema-warmup", type=int, default=200,
-                   help="EMA warmup: decay * (1 - exp(-step / warmup))")
     p.add_argument("--sample-steps", type=int, default=50,
                    help="sampler steps of the periodic sample grid (DDIM, or Heun for flow)")
     p.add_argument("--cfg-scale", type=float, default=4.0,
                    help="guidance scale of the periodic sample grid")
-    p.add_argument("--log-every", type=int, default=400, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=2000,
-                   help="steps between last.pt + samples.png updates")
-    p.add_argument("--save-every", type=int, default=0,
-                   help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, c', noise and t")
-    p.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the shapes images themselves (the same set for every --seed)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: a message
-        sys.exit(f"train_dit.py: error: {err}")
+    common.command_line(main, build_parser())

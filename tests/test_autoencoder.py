@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import dcae15
 
 # ----------------------------------------------------------------------------------------------------
@@ -147,11 +148,11 @@ def test_safetensors_is_optional(tmp_path):
     except ImportError:
         path.write_bytes(b"")
         with pytest.raises(ImportError, match="pip install safetensors"):
-            dcae15.read_state_dict(str(path))
+            checkpoint.read_state_dict(str(path))
         return
     sd = dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny")).state_dict()
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    assert dcae15.read_state_dict(str(path)).keys() == sd.keys()
+    assert checkpoint.read_state_dict(str(path)).keys() == sd.keys()
 
 
 def test_official_scaling_factors():

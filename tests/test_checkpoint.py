@@ -6,15 +6,16 @@ import os
 import pytest
 import torch
 
+import checkpoint
 import dcae15
 
 
 def test_atomic_save_and_safe_load(tmp_path, tiny_ae):
     path = str(tmp_path / "last.pt")
     ckpt = {"config": tiny_ae.cfg.to_dict(), "model": tiny_ae.state_dict(), "step": 7, "latent_scale": 0.5}
-    dcae15.save_checkpoint(ckpt, path)
+    checkpoint.save_checkpoint(ckpt, path)
     assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
-    loaded = dcae15.load_checkpoint(path)  # weights_only=True
+    loaded = checkpoint.load_checkpoint(path)  # weights_only=True
     ae = dcae15.DCAE(dcae15.DCAEConfig.from_dict(loaded["config"]))
     ae.load_state_dict(loaded["model"], strict=True)
     assert loaded["step"] == 7
@@ -22,11 +23,11 @@ def test_atomic_save_and_safe_load(tmp_path, tiny_ae):
     # a failed write (an object that cannot be saved safely is fine to save, but this one cannot be saved
     # at all) leaves the previous checkpoint intact and no temp file
     with pytest.raises(Exception):
-        dcae15.save_checkpoint({"bad": lambda: 0}, path)
+        checkpoint.save_checkpoint({"bad": lambda: 0}, path)
     assert os.listdir(tmp_path) == ["last.pt"]
-    assert dcae15.load_checkpoint(path)["step"] == 7
+    assert checkpoint.load_checkpoint(path)["step"] == 7
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        dcae15.load_checkpoint(str(tmp_path / "nope.pt"))
+        checkpoint.load_checkpoint(str(tmp_path / "nope.pt"))
 
 
 def test_load_refuses_pickled_objects(tmp_path):
@@ -35,7 +36,7 @@ def test_load_refuses_pickled_objects(tmp_path):
     path = str(tmp_path / "pickled.pt")
     torch.save({"args": argparse.Namespace(lr=1.0)}, path)
     with pytest.raises(Exception, match="weights_only"):
-        dcae15.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_measure_latent_scale(tiny_ae):
@@ -48,23 +49,23 @@ def test_measure_latent_scale(tiny_ae):
 
 def test_corrupt_files_give_one_line_errors(tmp_path, tiny_ae):
     good = str(tmp_path / "good.pt")
-    dcae15.save_checkpoint({"model": tiny_ae.state_dict()}, good)
+    checkpoint.save_checkpoint({"model": tiny_ae.state_dict()}, good)
     raw = open(good, "rb").read()
     truncated, garbage = tmp_path / "truncated.pt", tmp_path / "garbage.pt"
     truncated.write_bytes(raw[: len(raw) // 2])
     garbage.write_bytes(b"this is not a checkpoint at all")
     for path in (truncated, garbage):
         with pytest.raises(ValueError) as err:
-            dcae15.load_checkpoint(str(path))
+            checkpoint.load_checkpoint(str(path))
         assert str(path) in str(err.value) and "\n" not in str(err.value)
         with pytest.raises(ValueError, match="truncated or corrupt|not a PyTorch checkpoint"):
-            dcae15.read_state_dict(str(path))  # the official-weights path reports the same way
+            checkpoint.read_state_dict(str(path))  # the official-weights path reports the same way
     pickled = tmp_path / "pickled.pt"
     import argparse
 
     torch.save({"args": argparse.Namespace(lr=1.0)}, pickled)
     with pytest.raises(ValueError, match="pickled Python objects") as err:
-        dcae15.load_checkpoint(str(pickled))
+        checkpoint.load_checkpoint(str(pickled))
     assert str(pickled) in str(err.value)
 
 

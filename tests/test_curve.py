@@ -1,5 +1,5 @@
-"""evaluate.py curve: the speed-up arithmetic, the CSV, the cached judge, the judge's Fréchet distance,
-and the command end to end on tiny runs."""
+"""evaluate.py curve (curves.py, judge.py): the speed-up arithmetic, the CSV, the cached judge, the judge's
+Fréchet distance, and the command end to end on tiny runs."""
 
 import csv
 import json
@@ -8,10 +8,11 @@ import shutil
 import pytest
 import torch
 
+import checkpoint
+import curves
 import data
-import dcae15
-import evaluate
 import fid
+import judge
 from helpers import run_script
 
 # ---------------------------------------------------------------------------- speed-up arithmetic
@@ -20,28 +21,28 @@ from helpers import run_script
 def test_first_reach_interpolates_between_evaluated_steps():
     steps = [100, 200, 300, 400]
     fd = [50.0, 30.0, 20.0, 15.0]  # lower is better
-    assert evaluate.first_reach(steps, fd, 25.0, lower=True) == (250.0, "reached")  # halfway 30 -> 20
-    assert evaluate.first_reach(steps, fd, 20.0, lower=True) == (300.0, "reached")  # exactly at a point
-    assert evaluate.first_reach(steps, fd, 60.0, lower=True) == (100, "before")
-    assert evaluate.first_reach(steps, fd, 10.0, lower=True) == (None, "never")
+    assert curves.first_reach(steps, fd, 25.0, lower=True) == (250.0, "reached")  # halfway 30 -> 20
+    assert curves.first_reach(steps, fd, 20.0, lower=True) == (300.0, "reached")  # exactly at a point
+    assert curves.first_reach(steps, fd, 60.0, lower=True) == (100, "before")
+    assert curves.first_reach(steps, fd, 10.0, lower=True) == (None, "never")
     share = [0.2, 0.5, 0.6, 0.9]  # higher is better
-    step, status = evaluate.first_reach(steps, share, 0.7, lower=False)
+    step, status = curves.first_reach(steps, share, 0.7, lower=False)
     assert status == "reached" and step == pytest.approx(300 + 100 / 3)
     # a curve that passes the target, falls back and passes it again: the first crossing counts
-    assert evaluate.first_reach([1, 2, 3, 4], [0.1, 0.8, 0.3, 0.9], 0.5, lower=False)[0] == pytest.approx(1 + 4 / 7)
+    assert curves.first_reach([1, 2, 3, 4], [0.1, 0.8, 0.3, 0.9], 0.5, lower=False)[0] == pytest.approx(1 + 4 / 7)
 
 
 def test_speedup_factor_and_its_words():
     base_steps, base = [100, 200, 300, 400], [50.0, 40.0, 30.0, 20.0]
-    s = evaluate.speedup(base_steps, base, [100, 200, 300, 400], [40.0, 30.0, 10.0, 5.0], lower=True)
+    s = curves.speedup(base_steps, base, [100, 200, 300, 400], [40.0, 30.0, 10.0, 5.0], lower=True)
     assert s["target"] == 20.0 and s["step"] == pytest.approx(250.0) and s["factor"] == pytest.approx(1.6)
-    assert evaluate.format_speedup(s) == "1.60x (at step 250)"
-    early = evaluate.speedup(base_steps, base, [100, 200], [19.0, 10.0], lower=True)
-    assert early["status"] == "before" and evaluate.format_speedup(early) == ">4.00x (already at step 100)"
-    never = evaluate.speedup(base_steps, base, [100, 200], [45.0, 21.0], lower=True)
-    assert never["factor"] is None and evaluate.format_speedup(never) == "not reached"
+    assert curves.format_speedup(s) == "1.60x (at step 250)"
+    early = curves.speedup(base_steps, base, [100, 200], [19.0, 10.0], lower=True)
+    assert early["status"] == "before" and curves.format_speedup(early) == ">4.00x (already at step 100)"
+    never = curves.speedup(base_steps, base, [100, 200], [45.0, 21.0], lower=True)
+    assert never["factor"] is None and curves.format_speedup(never) == "not reached"
     # the baseline against itself: reached exactly at its last step, factor 1
-    assert evaluate.speedup(base_steps, base, base_steps, base, lower=True)["factor"] == pytest.approx(1.0)
+    assert curves.speedup(base_steps, base, base_steps, base, lower=True)["factor"] == pytest.approx(1.0)
 
 
 def rows_of(label, run, seed, steps, values):
@@ -52,17 +53,17 @@ def rows_of(label, run, seed, steps, values):
 def test_summary_spread_and_seed_pairs():
     rows = (rows_of("plain", "p0", 0, [10, 20], [40, 60]) + rows_of("plain", "p1", 1, [10, 20], [50, 70])
             + rows_of("aug", "a0", 0, [10, 20], [65, 80]))
-    summary = evaluate.summarise(rows, ["share_g1", "fd_g1"])
+    summary = curves.summarise(rows, ["share_g1", "fd_g1"])
     assert summary["plain"]["steps"] == [10, 20]
     assert summary["plain"]["fd_g1"]["mean"] == [55.0, 35.0]
     assert summary["plain"]["fd_g1"]["min"] == [50.0, 30.0] and summary["plain"]["fd_g1"]["max"] == [60.0, 40.0]
-    speed = evaluate.speedups(summary, "plain", "fd_g1")
+    speed = curves.speedups(summary, "plain", "fd_g1")
     # the mean plain curve ends at fd 35; aug's single run (35 -> 20) reaches it at step 10: ">2x"
     assert speed["aug"]["mean"]["status"] == "before" and speed["aug"]["mean"]["factor"] == 2.0
     # one pair per plain seed: targets 40 and 30; aug reaches 30 at 10 + (35 - 30) / 15 * 10
     factors = [p["factor"] for p in speed["aug"]["pairs"]]
     assert factors == pytest.approx([2.0, 20 / (10 + 10 / 3)])
-    text = evaluate.curve_text(summary, ["share_g1", "fd_g1"], speed, "plain", "fd_g1")
+    text = curves.curve_text(summary, ["share_g1", "fd_g1"], speed, "plain", "fd_g1")
     assert "55.00 (50.00-60.00)" in text and "speed-up of aug over plain by fd_g1" in text
 
 
@@ -70,13 +71,13 @@ def test_csv_round_trip_and_bad_csv(tmp_path):
     rows = rows_of("plain", "runs/p", 0, [100, 200], [40.5, 61.25]) + rows_of("aug", "runs/a", 3, [100], [70])
     rows[0]["fd_g1"] = 1 / 3  # a float that needs all its digits
     path = tmp_path / "curve.csv"
-    evaluate.write_curve_csv(rows, str(path))
-    back, metrics = evaluate.read_curve_csv(str(path))
+    curves.write_curve_csv(rows, str(path))
+    back, metrics = curves.read_curve_csv(str(path))
     assert back == rows and metrics == ["share_g1", "fd_g1"]
     bad = tmp_path / "bad.csv"
     bad.write_text("step,label\n1,a\n")
     with pytest.raises(ValueError, match="not a curve CSV"):
-        evaluate.read_curve_csv(str(bad))
+        curves.read_curve_csv(str(bad))
 
 
 # ---------------------------------------------------------------------------- the judge
@@ -84,11 +85,11 @@ def test_csv_round_trip_and_bad_csv(tmp_path):
 
 def test_random_blur_keeps_sharp_images_at_sigma_zero_and_preserves_the_mean():
     x = torch.rand(3, 3, 16, 16) * 2 - 1
-    torch.testing.assert_close(evaluate.random_blur(x, 0.0), x)  # sigma ~0: a delta kernel
-    blurred = evaluate.random_blur(x, 1.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(judge.random_blur(x, 0.0), x)  # sigma ~0: a delta kernel
+    blurred = judge.random_blur(x, 1.5, torch.Generator().manual_seed(0))
     assert blurred.shape == x.shape and not torch.allclose(blurred, x)
     const = torch.full((2, 3, 8, 8), 0.3)  # a normalised kernel with edge padding leaves a constant image
-    torch.testing.assert_close(evaluate.random_blur(const, 1.5), const)
+    torch.testing.assert_close(judge.random_blur(const, 1.5), const)
     assert blurred.std() < x.std()  # a low-pass filter removes variance from white noise
 
 
@@ -106,21 +107,21 @@ def test_frechet_distance_of_identical_feature_sets_is_zero():
 def test_judge_is_trained_once_per_dataset_and_then_loaded(tmp_path, monkeypatch):
     run_args = {"data": "shapes", "image_size": 16, "data_path": None, "seed": 5, "data_seed": 0}
     cache = str(tmp_path / "judges")
-    first, path, trained = evaluate.dataset_judge(run_args, 10, 40, 2, cache, 20, torch.device("cpu"))
+    first, path, trained = judge.dataset_judge(run_args, 10, 40, 2, cache, 20, torch.device("cpu"))
     assert trained and path.startswith(cache)
 
     def no_training(*a, **k):
         raise AssertionError("the cached judge was trained again")
 
-    monkeypatch.setattr(evaluate, "train_judge", no_training)
+    monkeypatch.setattr(judge, "train_judge", no_training)
     # another run seed (another DiT or AE on the same data): the same judge, loaded
-    again, path2, trained2 = evaluate.dataset_judge({**run_args, "seed": 9}, 10, 40, 2, cache, 20,
+    again, path2, trained2 = judge.dataset_judge({**run_args, "seed": 9}, 10, 40, 2, cache, 20,
                                                     torch.device("cpu"))
     assert path2 == path and not trained2
     for k, v in first.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     with pytest.raises(AssertionError, match="trained again"):  # other data: another judge
-        evaluate.dataset_judge({**run_args, "image_size": 32}, 10, 40, 2, cache, 20, torch.device("cpu"))
+        judge.dataset_judge({**run_args, "image_size": 32}, 10, 40, 2, cache, 20, torch.device("cpu"))
 
 
 def test_data_seed_of_old_runs_is_their_seed():
@@ -186,13 +187,13 @@ def test_curve_leaves_out_a_last_pt_that_changed_while_it_ran(runs, tmp_path, mo
     shutil.copytree(runs / "aug0", run)
     shutil.rmtree(run / "curve", ignore_errors=True)
     (run / "step_0000004.pt").unlink()  # the points: step_0000002.pt and last.pt (step 4)
-    real_load = dcae15.load_dit
+    real_load = checkpoint.load_dit
 
     def load_a_newer_last_pt(path, *args, **kwargs):
         model, ae, ckpt = real_load(path, *args, **kwargs)
         return model, ae, {**ckpt, "step": ckpt["step"] + 1} if path.endswith("last.pt") else ckpt
 
-    monkeypatch.setattr(dcae15, "load_dit", load_a_newer_last_pt)
+    monkeypatch.setattr(checkpoint, "load_dit", load_a_newer_last_pt)
     proc = run_script("evaluate.py", curve_args(tmp_path, f"aug={run}"))
     assert "last.pt holds step 5 now, not 4" in proc.stdout
     assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())["rows"]] == [2]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import checkpoint
 import common
 import data
 
@@ -162,7 +163,7 @@ def test_cache_encoding_writes_each_batch_at_its_rows_and_frees_memory_after_it(
     monkeypatch.setattr(common, "release_free_memory", lambda: calls.append(1) or True)
     ds = data.build_dataset("shapes", "train", 16, size=10)
     rows = str(tmp_path / "rows.npy")
-    common.create_npy(rows, (10, 8, 4, 4), "float32")
+    checkpoint.create_npy(rows, (10, 8, 4, 4), "float32")
     labels = train_dit.encode_into(tiny_ae, ds, rows, False, [2, 0, 1], 4, 0, torch.device("cpu"))
     assert len(calls) == 3  # once per batch: the process stays at one batch's memory
     x = torch.stack([ds[i][0] for i in range(10)])

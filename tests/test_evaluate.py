@@ -1,4 +1,5 @@
-"""evaluate.py: the FID Inception, Fréchet distance, streaming statistics, PSNR/SSIM, and the commands."""
+"""evaluate.py (fid.py, metrics.py): the FID Inception, Fréchet distance, streaming statistics, PSNR/SSIM, and the
+commands."""
 
 import json
 import warnings
@@ -10,10 +11,12 @@ import torch
 import torchvision
 from PIL import Image
 
+import checkpoint
 import common
 import data
-import evaluate
 import fid
+import judge
+import metrics
 from helpers import run_script
 
 
@@ -84,7 +87,7 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
     path = str(tmp_path / "stats.npz")
-    common.save_npz(path, mu=mu, sigma=sigma)
+    checkpoint.save_npz(path, mu=mu, sigma=sigma)
     mu2, sigma2 = fid.load_stats(path)
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
     np.savez(tmp_path / "bad.npz", arr_0=mu)
@@ -94,24 +97,24 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
 
 def test_ssim_known_pairs():
     x = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
-    torch.testing.assert_close(evaluate.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(2, dtype=torch.float64))
     # constant images a, b: SSIM = (2ab + C1) / (a^2 + b^2 + C1), the contrast-structure term is 1
     a, b = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8), torch.full((1, 3, 16, 16), 150, dtype=torch.uint8)
     c1 = (0.01 * 255) ** 2
-    assert evaluate.ssim(a, b).item() == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
+    assert metrics.ssim(a, b).item() == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
     noisy = (x.int() + torch.randint(-30, 31, x.shape)).clamp(0, 255).to(torch.uint8)
-    assert 0 < evaluate.ssim(noisy, x).min() < 1
+    assert 0 < metrics.ssim(noisy, x).min() < 1
 
 
 def test_laplacian_energy_and_sharpness():
     flat = torch.full((1, 3, 12, 12), 77, dtype=torch.uint8)
-    assert evaluate.laplacian_energy(flat).item() == 0  # no detail at all
+    assert metrics.laplacian_energy(flat).item() == 0  # no detail at all
     # a checkerboard of 0 / 255: every interior Laplacian is +-4 * 255
     board = ((torch.arange(12)[:, None] + torch.arange(12)[None]) % 2 * 255).to(torch.uint8).expand(1, 3, 12, 12)
-    assert evaluate.laplacian_energy(board).item() == pytest.approx((4 * 255) ** 2)
+    assert metrics.laplacian_energy(board).item() == pytest.approx((4 * 255) ** 2)
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    blurred = common.to_uint8(evaluate.random_blur(x.float() / 127.5 - 1, 2.0).clamp(-1, 1))
-    before, after = evaluate.laplacian_energy(x), evaluate.laplacian_energy(blurred)
+    blurred = common.to_uint8(judge.random_blur(x.float() / 127.5 - 1, 2.0).clamp(-1, 1))
+    before, after = metrics.laplacian_energy(x), metrics.laplacian_energy(blurred)
     assert (after <= before).all() and after.mean() < 0.5 * before.mean()  # blur (random sigma) loses detail
 
 
@@ -173,22 +176,22 @@ def test_npy_rows_npz_assembly_and_batched_reading(tmp_path):
     evaluate.py fid's batch-by-batch reading; compressed .npz files read the same way."""
     a = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     rows = str(tmp_path / "rows.npy")
-    common.create_npy(rows, a.shape, np.uint8)
-    common.write_npy_rows(rows, 4, a[4:])  # any order, any writer
-    common.write_npy_rows(rows, 0, a[:4])
+    checkpoint.create_npy(rows, a.shape, np.uint8)
+    checkpoint.write_npy_rows(rows, 4, a[4:])  # any order, any writer
+    checkpoint.write_npy_rows(rows, 0, a[:4])
     assert np.array_equal(np.load(rows), a)
     with pytest.raises(ValueError, match="do not fit"):
-        common.write_npy_rows(rows, 8, a[:4])  # past the end
+        checkpoint.write_npy_rows(rows, 8, a[:4])  # past the end
     labels = str(tmp_path / "labels.npy")
     np.save(labels, np.arange(10))
     npz = str(tmp_path / "s.npz")
-    common.npz_from_npy(npz, {"arr_0": rows, "arr_1": labels}, chunk=7)  # chunks that split rows
+    checkpoint.npz_from_npy(npz, {"arr_0": rows, "arr_1": labels}, chunk=7)  # chunks that split rows
     with np.load(npz) as z:
         assert np.array_equal(z["arr_0"], a) and np.array_equal(z["arr_1"], np.arange(10))
-    assert np.array_equal(np.concatenate(list(common.npz_batches(npz, batch_size=3))), a)
-    mine = list(common.npz_batches(npz, batch_size=3, rank=1, world=2))  # batches 1 and 3
+    assert np.array_equal(np.concatenate(list(checkpoint.npz_batches(npz, batch_size=3))), a)
+    mine = list(checkpoint.npz_batches(npz, batch_size=3, rank=1, world=2))  # batches 1 and 3
     assert np.array_equal(np.concatenate(mine), np.concatenate([a[3:6], a[9:]]))
     np.savez_compressed(tmp_path / "c.npz", arr_0=a)
-    assert np.array_equal(np.concatenate(list(common.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
+    assert np.array_equal(np.concatenate(list(checkpoint.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
     with pytest.raises(ValueError, match="has no array 'arr_2'"):
-        next(common.npz_batches(npz, "arr_2"))
+        next(checkpoint.npz_batches(npz, "arr_2"))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import common
 from helpers import run_script
 import data
-import dcae15
 
 
 
@@ -48,7 +48,7 @@ def test_latent_cache_is_built_once_and_matches_fresh_encoding(work):
     (name,) = os.listdir(work / "cache")  # one folder, complete, nothing else
     folder = work / "cache" / name
     assert sorted(os.listdir(folder)) == ["done.json", "labels.npy", "latents.npy"]
-    ae, scale, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
+    ae, scale, _ = checkpoint.load_autoencoder(str(work / "ae" / "last.pt"))
     ds = data.ShapesDataset("train", image_size=16)
     x = torch.stack([ds[i][0] for i in range(40)])
     latents = torch.from_numpy(np.load(folder / "latents.npy"))
@@ -225,14 +225,14 @@ def test_evaluate_classes(work):
 
 
 def test_judge_originals_and_reconstructions_keep_order_and_labels(work):
-    import evaluate
+    import judge
 
-    ae, _, _ = dcae15.load_autoencoder(str(work / "ae" / "last.pt"))
+    ae, _, _ = checkpoint.load_autoencoder(str(work / "ae" / "last.pt"))
     ds = data.ShapesDataset("val", image_size=16)
-    x, y = evaluate.originals(ds, 23, 10)
+    x, y = judge.originals(ds, 23, 10)
     assert x.dtype == torch.uint8 and x.shape == (23, 3, 16, 16) and y.tolist() == [ds[i][1] for i in range(23)]
     assert torch.equal(x[17], common.to_uint8(ds[17][0][None])[0])
-    r = evaluate.reconstructions(ae, x, 10, torch.device("cpu"))
+    r = judge.reconstructions(ae, x, 10, torch.device("cpu"))
     with torch.no_grad():  # the same images as reconstructing one at a time (up to a rounding step)
         one = common.to_uint8(ae(x[17:18].float() / 127.5 - 1)[0])[0]
     assert r.dtype == torch.uint8 and (r[17].int() - one.int()).abs().max() <= 1

@@ -1,0 +1,368 @@
+"""
+curves.py: convergence curves, quality against training step for DiT runs, and the speed-up factor of
+a run over a baseline run (the paper's title claim, faster diffusion convergence, as an experiment).
+
+A point of a curve is one checkpoint that train_dit.py --save-every kept (step_NNNNNNN.pt, and
+last.pt), sampled and scored by the class judge (judge.py), with FID when the Inception weights are
+there. Each point is cached in its run's curve/ folder, so after a run grows only its new points cost
+time. The speed-up is baseline steps / the step where a curve first reaches the baseline's final
+value. evaluate.py's `curve` prints the table and writes the CSV and the plot.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+
+import numpy as np
+import torch
+
+import checkpoint
+import common
+import data
+from fid import FeatureStats
+from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
+                   validation_images)
+from metrics import maybe_inception
+
+# ==================================================================================================
+# Run folders and their points
+# ==================================================================================================
+
+CURVE_KEYS = ("label", "run", "seed", "step")  # the CSV's first columns; then one per metric
+RUN_FREE_ARGS = {"seed", "out", "resume", "max_steps", "log_every", "sample_every", "save_every",
+                 "device", "cache_dir", "ae_ckpt", "encode_batch_size"}  # may differ between seeds
+METRIC_WORDS = {"share": "in the requested class", "fd": "judge-feature Fréchet distance",
+                "fid": "FID"}
+
+
+def metric_name(kind, scale):
+    """The column of a metric at a guidance scale: share_g1, fd_g4, fid_g1.5, ..."""
+    return f"{kind}_g{scale:g}"
+
+
+def lower_is_better(metric):
+    return not metric.startswith("share")
+
+
+def parse_runs(specs):
+    """--run LABEL=DIR[,DIR...] flags -> {label: [run folders]} (one folder per seed), in order."""
+    runs = {}
+    for spec in specs:
+        label, sep, folders = spec.partition("=")
+        folders = [f for f in folders.split(",") if f]
+        if not sep or not label or not folders:
+            raise ValueError(f"--run {spec!r}: expected LABEL=DIR, or LABEL=DIR1,DIR2 for one run "
+                             f"folder per seed")
+        if label in runs:
+            raise ValueError(f"--run label {label!r} appears twice; give its seeds as one "
+                             f"{label}=DIR1,DIR2")
+        runs[label] = folders
+    return runs
+
+
+def run_points(folder, max_step=None):
+    """({step: checkpoint file}, the newest checkpoint) of a train_dit.py run folder: its
+    step_NNNNNNN.pt files (--save-every) and last.pt, up to step max_step if it is given."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"run folder not found: {folder}")
+    points = {}
+    for name in os.listdir(folder):
+        match = re.fullmatch(r"step_(\d+)\.pt", name)
+        if match:
+            points[int(match.group(1))] = os.path.join(folder, name)
+    last = os.path.join(folder, "last.pt")
+    newest = checkpoint.load_checkpoint(last if os.path.isfile(last) else points[max(points)]) \
+        if points or os.path.isfile(last) else None
+    if newest is None or newest.get("kind") != checkpoint.DIT_KIND:
+        raise ValueError(f"{folder} has no evaluable points (no DiT step_*.pt or last.pt); train "
+                         f"with train_dit.py --save-every N --out {folder}")
+    if os.path.isfile(last):
+        points.setdefault(newest["step"], last)
+    points = {s: p for s, p in sorted(points.items()) if max_step is None or s <= max_step}
+    if not points:
+        raise ValueError(f"{folder} has no point at or before --max-step {max_step}")
+    return points, newest
+
+
+def check_runs(meta):
+    """Clear errors for runs that cannot share one plot: other data, or seeds of one label that
+    differ in more than the seed, or whose evaluated steps differ. meta: {label: [(folder, points,
+    newest checkpoint)]}."""
+    def dataset(ckpt):
+        a = ckpt["args"]
+        return (a["data"], a.get("data_path"), a["image_size"], data.data_seed(a),
+                ckpt["num_classes"])
+
+    first_label, first = next(iter(meta.items()))
+    reference = dataset(first[0][2])
+    for label, runs in meta.items():
+        for folder, points, ckpt in runs:
+            if dataset(ckpt) != reference:
+                raise ValueError(f"mismatched runs: {folder} was trained on {dataset(ckpt)[:4]}, "
+                                 f"{first[0][0]} on {reference[:4]}; a curve compares runs on one "
+                                 f"dataset")
+        folder0, points0, ckpt0 = runs[0]
+        for folder, points, ckpt in runs[1:]:
+            a, b = ckpt0["args"], ckpt["args"]
+            differ = sorted(k for k in set(a) | set(b)
+                            if k not in RUN_FREE_ARGS and a.get(k) != b.get(k))
+            if ckpt0["ae"]["fingerprint"] != ckpt["ae"]["fingerprint"]:
+                differ.append("the autoencoder")
+            if differ:
+                raise ValueError(f"mismatched runs: the seeds of {label!r}, {folder0} and {folder}, "
+                                 f"differ in {', '.join(differ)}; give them different labels")
+            if list(points) != list(points0):
+                raise ValueError(f"mismatched runs: {folder0} has steps {list(points0)}, {folder} "
+                                 f"{list(points)}; the seeds of {label!r} need the same steps")
+
+
+# ==================================================================================================
+# The speed-up factor, the table, the CSV and the plot
+# ==================================================================================================
+
+
+def first_reach(steps, values, target, lower):
+    """(step, status): where the curve (values at steps) first reaches target, linearly interpolated
+    between evaluated steps; status "reached", "before" (already at the first evaluated step: the
+    true step is at most steps[0]) or "never" (step None)."""
+    good = (lambda v: v <= target) if lower else (lambda v: v >= target)
+    if good(values[0]):
+        return steps[0], "before"
+    for i in range(1, len(steps)):
+        if good(values[i]):
+            v0, v1 = values[i - 1], values[i]
+            return steps[i - 1] + (target - v0) / (v1 - v0) * (steps[i] - steps[i - 1]), "reached"
+    return None, "never"
+
+
+def speedup(base_steps, base_values, steps, values, lower):
+    """The speed-up factor of a curve over a baseline curve: the baseline's final value is the
+    target; factor = the baseline's final step / the step where the curve first reaches it."""
+    step, status = first_reach(steps, values, base_values[-1], lower)
+    factor = base_steps[-1] / step if step else None
+    return {"target": base_values[-1], "step": step, "status": status, "factor": factor}
+
+
+def format_speedup(s):
+    if s["status"] == "never":
+        return "not reached"
+    if s["status"] == "before":
+        return f">{s['factor']:.2f}x (already at step {s['step']:.0f})"
+    return f"{s['factor']:.2f}x (at step {s['step']:.0f})"
+
+
+def summarise(rows, metrics):
+    """{label: {"steps": [...], "runs": {run: {metric: [...]}}, metric: {"mean"/"min"/"max": [...]}}}
+    from CSV rows (one per run and step); the steps of a label are those all its runs have."""
+    out = {}
+    for row in rows:
+        label = out.setdefault(row["label"], {"runs": {}})
+        label["runs"].setdefault(row["run"], {})[row["step"]] = row
+    for label in out.values():
+        steps = sorted(set.intersection(*(set(r) for r in label["runs"].values())))
+        label["steps"] = steps
+        for m in metrics:
+            per_run = [[r[s][m] for s in steps] for r in label["runs"].values()]
+            label[m] = {"mean": np.mean(per_run, axis=0).tolist(),
+                        "min": np.min(per_run, axis=0).tolist(),
+                        "max": np.max(per_run, axis=0).tolist()}
+        label["runs"] = {run: {m: [r[s][m] for s in steps] for m in metrics}
+                         for run, r in label["runs"].items()}
+    return out
+
+
+def speedups(summary, baseline, metric):
+    """{label: {"mean": speed-up of the mean curve, "pairs": [speed-up of each (baseline seed, seed)
+    pair]}} of every label but the baseline, by `metric`."""
+    base, lower, result = summary[baseline], lower_is_better(metric), {}
+    for label, s in summary.items():
+        if label == baseline:
+            continue
+        mean = speedup(base["steps"], base[metric]["mean"], s["steps"], s[metric]["mean"], lower)
+        pairs = [speedup(base["steps"], b[metric], s["steps"], r[metric], lower)
+                 for b in base["runs"].values() for r in s["runs"].values()]
+        result[label] = {"mean": mean, "pairs": pairs}
+    return result
+
+
+def curve_text(summary, metrics, speed, baseline, metric):
+    """The printed table (mean over seeds, min..max when there are several) and the speed-ups."""
+    lines = [f"{'run':>16} {'seeds':>5} {'step':>7} | " + " | ".join(f"{m:>21}" for m in metrics)]
+    lines.append("-" * len(lines[0]))
+    for label, s in summary.items():
+        for i, step in enumerate(s["steps"]):
+            cells = []
+            for m in metrics:
+                mean, lo, hi = (s[m][k][i] for k in ("mean", "min", "max"))
+                fmt = "{:.3f}" if m.startswith("share") else "{:.2f}"
+                cell = fmt.format(mean) + (f" ({fmt.format(lo)}-{fmt.format(hi)})"
+                                           if len(s["runs"]) > 1 else "")
+                cells.append(f"{cell:>21}")
+            lines.append(f"{label:>16} {len(s['runs']):>5} {step:>7} | " + " | ".join(cells))
+    for label, sp in speed.items():
+        pairs = [p["factor"] for p in sp["pairs"]]
+        spread = ""
+        if len(pairs) > 1:
+            words = [f"{p:.2f}x" if p else "not reached" for p in pairs]
+            spread = f"; seed pairs: {', '.join(words)}"
+        lines.append(f"speed-up of {label} over {baseline} by {metric} (the step where it first "
+                     f"reaches {baseline}'s final {sp['mean']['target']:.3f}): "
+                     f"{format_speedup(sp['mean'])}{spread}")
+    return "\n".join(lines)
+
+
+def write_curve_csv(rows, path):
+    """One line per (run, step), written atomically."""
+    fields = list(rows[0])
+    with checkpoint.atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_curve_csv(path):
+    """The rows write_curve_csv wrote, with their types back: (rows, metric columns)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        metrics = [f for f in fields if f not in CURVE_KEYS]
+        if list(fields[: len(CURVE_KEYS)]) != list(CURVE_KEYS) or not metrics:
+            raise ValueError(f"{path} is not a curve CSV: its header must start with "
+                             f"{','.join(CURVE_KEYS)} and name at least one metric")
+        rows = [{"label": r["label"], "run": r["run"], "seed": int(r["seed"]),
+                 "step": int(r["step"]), **{m: float(r[m]) for m in metrics}} for r in reader]
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return rows, metrics
+
+
+def plot_curves(summary, metrics, path):
+    """One panel per metric: the mean over seeds against the training step, the seeds' range
+    shaded. matplotlib is optional: without it, a note, and False."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: no plot written to {path}: matplotlib is not installed (pip install "
+              f"matplotlib, then rerun with --from-csv); the table and the CSV are complete")
+        return False
+    kinds = list(dict.fromkeys(m.split("_g")[0] for m in metrics))  # a row per kind of metric
+    scales = list(dict.fromkeys(m.split("_g")[1] for m in metrics))  # a column per guidance scale
+    fig, axes = plt.subplots(len(kinds), len(scales), figsize=(4.2 * len(scales), 3.2 * len(kinds)),
+                             squeeze=False)
+    for m in metrics:
+        ax = axes[kinds.index(m.split("_g")[0])][scales.index(m.split("_g")[1])]
+        for label, s in summary.items():
+            line, = ax.plot(s["steps"], s[m]["mean"], marker="o", ms=3, label=label)
+            if len(s["runs"]) > 1:
+                ax.fill_between(s["steps"], s[m]["min"], s[m]["max"], alpha=0.2,
+                                color=line.get_color())
+        kind, scale = m.split("_g")
+        ax.set_title(f"{METRIC_WORDS.get(kind, kind)}, guidance {scale}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with checkpoint.atomic_write(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ==================================================================================================
+# Evaluating every point of every run
+# ==================================================================================================
+
+
+def point_cache(folder, path, step, settings):
+    """The file that keeps one evaluated point: rerunning `curve` after a run grew evaluates only
+    the new points. The checkpoint's modification time is in the key (a new run in the same folder
+    starts afresh)."""
+    key = {**settings, "mtime": os.stat(path).st_mtime_ns}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(folder, "curve", f"step_{step:07d}-{digest}.json")
+
+
+@torch.no_grad()
+def autoencoder_rows(aes, judge, xv, yv, batch_size, device):
+    """Per distinct AE: its latent channels, PSNR from the first c/8 and all c channels, and the
+    judge's accuracy on its reconstructions (that AE's ceiling)."""
+    rows = {}
+    for fp, (path, ae) in aes.items():
+        C = ae.latent_channels
+        batches = (x.to(device).float() / 127.5 - 1 for x in xv.split(batch_size))
+        psnr = common.mean_psnr(ae, batches, [C // 8, C])
+        recon = reconstructions(ae, xv, batch_size, device)
+        rows[path] = {"channels": C, "psnr_c8": psnr[C // 8], "psnr": psnr[C],
+                      "judge_recon": judge_accuracy(judge, recon, yv, batch_size, device)}
+    return rows
+
+
+def evaluate_runs(args, meta, cfg_scales, device):
+    """Every point of every run (cached points are read, not sampled again): (CSV rows, a row per
+    autoencoder). Prints the judge's ceilings on the originals and on each AE's reconstructions.
+    meta: {label: [(folder, points, newest checkpoint)]} (run_points); args: `curve`'s flags."""
+    first = next(iter(meta.values()))[0][2]
+    run_args, num_classes = first["args"], first["num_classes"]
+    judge, judge_path, _ = dataset_judge(run_args, num_classes, args.num_images, args.judge_steps,
+                                         args.judge_cache, args.batch_size, device)
+    xv, yv = validation_images(run_args, args.num_val, args.batch_size)
+    ref = judge_stats(judge, xv, args.batch_size, device)
+    inception = maybe_inception(args.fid, args.inception_weights, device, "FID")
+    ref_fid = None
+    if inception is not None:
+        stats = FeatureStats()
+        for x in xv.split(args.batch_size):
+            stats.add(inception(x.to(device)))
+        ref_fid = stats.mu_sigma()
+    settings = {"judge": os.path.basename(judge_path), "num_samples": args.num_samples,
+                "cfg_scales": cfg_scales, "steps": args.steps, "seed": args.seed,
+                "num_val": args.num_val, "fid": inception is not None}
+    rows, aes = [], {}
+    for label, runs in meta.items():
+        for folder, points, newest in runs:
+            for step, path in points.items():
+                cache = point_cache(folder, path, step, settings)
+                if os.path.isfile(cache):
+                    with open(cache) as fh:
+                        values = json.load(fh)
+                else:
+                    model, ae, ckpt = checkpoint.load_dit(path)
+                    if ckpt["step"] != step:  # a run still training replaced its last.pt meanwhile
+                        print(f"{label} {folder}: {os.path.basename(path)} holds step {ckpt['step']} "
+                              f"now, not {step} (is the run still training?); that point is left "
+                              f"out: run curve again to evaluate it")
+                        continue
+                    aes.setdefault(ckpt["ae"]["fingerprint"], (ckpt["ae"]["path"], ae))
+                    t0 = time.time()
+                    found = judge_samples(model.to(device), ae.to(device), ckpt, judge, ref,
+                                          args.num_samples, cfg_scales, args.steps, args.seed,
+                                          args.batch_size, device, inception, ref_fid)
+                    values = {metric_name(k, s): v for s, row in found.items()
+                              for k, v in row.items()}
+                    print(f"{label} {folder} step {step}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in values.items()) + f" ({time.time() - t0:.0f} s)")
+                    os.makedirs(os.path.dirname(cache), exist_ok=True)
+                    checkpoint.write_json(cache, values)
+                rows.append({"label": label, "run": folder, "seed": newest["args"]["seed"],
+                             "step": step, **values})
+            if newest["ae"]["fingerprint"] not in aes:  # every point cached: load the AE for its row
+                aes[newest["ae"]["fingerprint"]] = (newest["ae"]["path"],
+                                                    checkpoint.load_dit(points[max(points)])[1])
+    ceiling = judge_accuracy(judge, xv, yv, args.batch_size, device)
+    ae_rows = autoencoder_rows({fp: (p, ae.to(device)) for fp, (p, ae) in aes.items()}, judge, xv,
+                               yv, args.batch_size, device)
+    print(f"judge ({judge_path}): right on {ceiling:.1%} of {len(xv)} validation originals; on the "
+          f"autoencoders' reconstructions (the ceilings of their DiTs), with their PSNR:")
+    for path, r in ae_rows.items():
+        print(f"  {path}: c = {r['channels']}, PSNR {r['psnr_c8']:.2f} dB from the first "
+              f"{r['channels'] // 8} channels, {r['psnr']:.2f} dB from all; judge "
+              f"{r['judge_recon']:.1%}")
+    return rows, {"judge_ceiling": ceiling, **ae_rows}
+
+
