@@ -45,6 +45,78 @@ def counted_flops(fn):
     return counter.get_total_flops()
 
 
+def saved_activation_bytes(step, units):
+    """Bytes that one call of `step` (a forward) saves for backward, without and with activation
+    checkpointing of `units` (the blocks that set_grad_checkpointing recomputes).
+
+    Without: every tensor autograd keeps (the weights themselves are not counted). With: what is kept
+    outside the units, plus each unit's inputs, plus the largest unit's own activations, which are
+    rebuilt for its backward. Run it on the meta device: shapes, no memory, seconds at any scale.
+    """
+    saved, spans = {}, []
+
+    def pack(t):
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter):
+            saved[id(t)] = t.numel() * t.element_size()  # autograd keeps t alive: ids stay unique
+        return t
+
+    def before(unit, inputs):
+        unit.bench_mark = (sum(saved.values()),
+                           sum(i.numel() * i.element_size() for i in inputs if torch.is_tensor(i)))
+
+    def after(unit, inputs, output):
+        start, input_bytes = unit.bench_mark
+        spans.append((sum(saved.values()) - start, input_bytes))
+
+    hooks = [u.register_forward_pre_hook(before) for u in units]
+    hooks += [u.register_forward_hook(after) for u in units]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step()
+    finally:
+        for h in hooks:
+            h.remove()
+    total = sum(saved.values())
+    inside, inputs = sum(s for s, _ in spans), sum(i for _, i in spans)
+    return total, total - inside + inputs + max(s for s, _ in spans)
+
+
+def activation_memory():
+    """Per image, the training step's saved activations (fp32) at paper scale, with and without
+    checkpointing, and the largest batch that then fits a card of 80 GB."""
+    card, rows = 80e9, []
+    with torch.device("meta"):
+        for name, size in (("dc-ae-f32c128-1.5", 256), ("dc-ae-f64c128-1.5", 512)):
+            ae = dcae15.DCAE(dcae15.build_dcae_config(name))
+            x = torch.rand(1, 3, size, size)
+            units = [op for stage in [*ae.encoder.stages, *ae.decoder.stages] for op in stage.op_list]
+            c_half = ae.latent_channels // 2
+            rows.append((f"{name} at {size} px, c' = c/2", ae,
+                         lambda ae=ae, x=x, c=c_half: ae(x, c), units))
+        dit = dcae15.DiT(dcae15.build_dit_config("DiT-XL", input_size=8, in_channels=128,
+                                                 num_classes=1000))
+        z, y = torch.randn(1, 128, 8, 8), torch.zeros(1, dtype=torch.long)
+        flow = dcae15.FlowMatching()
+        rows.append(("DiT-XL on f32c128 latents of 256 px, augmented", dit,
+                     lambda: flow.training_loss(dit, z, y, c_prime=16), list(dit.blocks)))
+        print(f"{'training step':<50} | {'params':>8} | {'act. / image':>12} | {'checkpointed':>12} | "
+              f"{'batch in 80 GB':>14}")
+        print("-" * 108)
+        results = {}
+        for label, model, step, units in rows:
+            plain, checkpointed = saved_activation_bytes(step, units)
+            params = sum(p.numel() for p in model.parameters())
+            # fp32 weights, gradients, AdamW's two moments and the EMA copy: 20 bytes a parameter
+            free = card - 20 * params
+            fits = (int(free // plain), int(free // checkpointed))
+            results[label] = {"params": params, "plain": plain, "checkpointed": checkpointed,
+                              "batch": fits}
+            print(f"{label:<50} | {params / 1e6:>7.1f}M | {plain / 2**30:>10.3f} GiB | "
+                  f"{checkpointed / 2**30:>8.3f} GiB | {fits[0]:>5} / {fits[1]:>6}")
+    return results
+
+
 def build_pieces(args, device):
     """{name: (function doing one iteration, items per iteration, unit)}."""
     autocast = dcae15.autocast(device)
@@ -52,7 +124,7 @@ def build_pieces(args, device):
     torch.manual_seed(0)
     cfg = dcae15.build_dcae_config(args.ae)
     cfg.check_image_size(args.image_size, "--image-size")
-    ae = dcae15.DCAE(cfg).to(device)
+    ae = dcae15.DCAE(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
     f, C, B = ae.spatial_compression_ratio, ae.latent_channels, args.batch_size
     x = torch.rand(B, 3, args.image_size, args.image_size, device=device, generator=gen) * 2 - 1
     loss_fn = dcae15.AutoencoderLoss(l1_weight=1.0, lpips_weight=0.0)  # L1: no weights to download
@@ -82,7 +154,10 @@ def build_pieces(args, device):
 
     h = args.image_size // f
     cfg = dcae15.build_dit_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
-    dit = dcae15.DiT(cfg).to(device)
+    dit = dcae15.DiT(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
+    if args.compile:
+        ae.compile()
+        dit.compile()
     dit_opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
     objective = dcae15.build_objective(args.objective)
     y = torch.randint(1000, (B,), device=device, generator=gen)
@@ -117,6 +192,8 @@ def build_pieces(args, device):
 
 
 def main(args):
+    if args.activation_memory:
+        return activation_memory()
     common.check_positive(args, ("batch_size", "iters", "sample_steps"))
     _, _, device = common.setup_distributed(args.device)
     pieces = build_pieces(args, device)
@@ -124,18 +201,22 @@ def main(args):
         f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.ae} + {args.dit} at {args.image_size} px, batch {args.batch_size}, on {name}"
           + (" (bf16 autocast)" if device.type == "cuda" else ""))
+    cuda = device.type == "cuda"
     print(f"{'piece':<46} | {'ms / iter':>10} | {'items / s':>15} | {'GFLOP / iter':>12} | "
-          f"{'TFLOP/s':>8}")
-    print("-" * 103)
+          f"{'TFLOP/s':>8}" + (f" | {'peak GiB':>8}" if cuda else ""))
+    print("-" * (103 + 11 * cuda))
     rows = {}
     for label, (fn, items, unit) in pieces.items():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         seconds = timed(fn, args.iters, args.warmup, device)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         flops = counted_flops(fn)
         rows[label] = {"ms": seconds * 1e3, "per_s": items / seconds, "gflop": flops / 1e9,
-                       "tflops": flops / seconds / 1e12}
+                       "tflops": flops / seconds / 1e12, "peak_gib": peak}
         r = rows[label]
         print(f"{label:<46} | {r['ms']:>10.1f} | {r['per_s']:>8.1f} {unit:<6} | {r['gflop']:>12.4g} | "
-              f"{r['tflops']:>8.3f}")
+              f"{r['tflops']:>8.3f}" + (f" | {peak:>8.2f}" if cuda else ""))
     return rows
 
 
@@ -153,6 +234,14 @@ def build_parser():
     p.add_argument("--iters", type=int, default=5, help="timed iterations of each piece")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--no-fid", action="store_true", help="skip the FID network")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="activation checkpointing in the AE and the DiT (set_grad_checkpointing)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the AE and the DiT (in place)")
+    p.add_argument("--activation-memory", action="store_true",
+                   help="instead of timing: the training steps' activation memory per image at paper "
+                        "scale (f32c128 at 256 px, f64c128 at 512 px, DiT-XL), with and without "
+                        "checkpointing, and the largest batch for an 80 GB card (meta device, no "
+                        "memory needed)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 

@@ -206,7 +206,9 @@ def load_dit(path, ae_path=None):
         raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
     ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
     model = dcae15.DiT(dcae15.DiTConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["ema"], strict=True)
+    # a state dict of a torch.compile'd (or DDP) model has its keys under "_orig_mod." ("module.")
+    ema = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["ema"].items()}
+    model.load_state_dict(ema, strict=True)
     info = ckpt["ae"]
     ae_path = ae_path or info["path"]
     if not os.path.isfile(ae_path):

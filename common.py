@@ -191,13 +191,18 @@ def progress(iterable=None, **kwargs):
                 maxinterval=max(10.0, interval), **kwargs)
 
 
+class StopRun(Exception):
+    """A run that cannot go on (it diverged, a checkpoint could not be written): the script ends with
+    this one line and a non-zero exit code; the last intact checkpoint stays as it was."""
+
+
 def command_line(main, parser):
     """Run a script's `main` on its parsed flags. Bad input raises ValueError, FileNotFoundError or
-    FileExistsError with a message that says what to do; the user gets that one line, not a
-    traceback."""
+    FileExistsError with a message that says what to do, a run that cannot go on StopRun; the user
+    gets that one line, not a traceback."""
     try:
         main(parser.parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, StopRun) as err:
         sys.exit(f"{parser.prog}: error: {err}")
 
 

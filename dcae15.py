@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # ==================================================================================================
 # 1. Configs
@@ -221,16 +222,25 @@ class ResidualBlock(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
+def checkpointed(module, *inputs):
+    """module(*inputs) without keeping its activations for backward: they are recomputed there
+    (activation checkpointing; the same values and gradients, less memory, about one forward more)."""
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(module, *inputs, use_reentrant=False)
+    return module(*inputs)
+
+
 class OpSequential(nn.Module):
     """nn.Sequential under the official name `op_list`: state-dict keys read `...op_list.<j>...`."""
 
     def __init__(self, ops):
         super().__init__()
         self.op_list = nn.ModuleList(ops)
+        self.grad_checkpointing = False  # DCAE.set_grad_checkpointing: one op (block) at a time
 
     def forward(self, x):
         for op in self.op_list:
-            x = op(x)
+            x = checkpointed(op, x) if self.grad_checkpointing else op(x)
         return x
 
 
@@ -434,6 +444,15 @@ class DCAE(nn.Module):
             raise ValueError(f"expected images of shape (B, {self.cfg.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
         self.cfg.check_image_size(f"{x.shape[2]}x{x.shape[3]}")
+
+    def set_grad_checkpointing(self, enable=True):
+        """Activation checkpointing (timm's name) for every residual block of the encoder's and
+        decoder's stages: each block's activations are recomputed in backward instead of kept.
+        Per block, not per stage: a deep stage holds most of the activations, and its blocks can
+        be recomputed one at a time."""
+        for stage in [*self.encoder.stages, *self.decoder.stages]:
+            stage.grad_checkpointing = enable
+        return self
 
     def check_latent_channels(self, c_prime):
         c = self.cfg.latent_channels
@@ -913,6 +932,7 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
         blocks = [DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False  # set_grad_checkpointing
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
 
@@ -947,8 +967,13 @@ class DiT(nn.Module):
         # (B, D): the condition every block is modulated by
         c = self.t_embedder(t) + self.y_embedder(y)
         for block in self.blocks:
-            x = block(x, c)
+            x = checkpointed(block, x, c) if self.grad_checkpointing else block(x, c)
         return self.unpatchify(self.final_layer(x, c))
+
+    def set_grad_checkpointing(self, enable=True):
+        """Activation checkpointing (timm's name), one DiT block at a time."""
+        self.grad_checkpointing = enable
+        return self
 
     def forward_with_cfg(self, x, t, y, cfg_scale):
         """Classifier-free guidance over all latent channels: u + s (c - u), in one batched pass."""

@@ -66,6 +66,8 @@ def main(args):
     rank, world, device = common.setup_distributed(args.device)
     model.to(device)
     ae.to(device)
+    if args.compile:  # the DiT's forward, which every sampler step calls (twice with guidance)
+        model.compile()
     size = config.input_size * ae.spatial_compression_ratio
     # Every rank writes its batches into one .npy file as they are made (rows in sample order), so
     # that no process holds them all (50,000 512-px samples are 39 GB). Under several nodes the
@@ -141,6 +143,8 @@ def build_parser():
     p.add_argument("--grid-max", type=int, default=100, help="at most this many samples go into the grid")
     p.add_argument("--npz", default=None, help="also write all samples as an ADM-style .npz (for FID)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT (worth it for many samples; the first batch compiles)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 

@@ -31,7 +31,9 @@ import dcae15
 import trainer
 
 # Flags that may differ when resuming (they do not change what is computed); the rest must match.
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
+RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every",
+                    "max_skipped_steps", "tensorboard", "grad_checkpointing", "compile",
+                    "compile_backend", "num_workers",
                     "device", "skip_bad_images"}
 
 
@@ -110,6 +112,9 @@ def build_training(cfg, args, device, init_sd=None):
     if init_sd is not None:
         ae.load_state_dict(init_sd, strict=True)
     ema = copy.deepcopy(ae).eval().requires_grad_(False)
+    ae.set_grad_checkpointing(args.grad_checkpointing)
+    if args.compile:  # in place: the state dict keeps its keys, the EMA copy stays eager
+        ae.compile(backend=args.compile_backend)
     trained = dcae15.set_trainable(ae, args.train_parts)  # the rest is frozen: no grads, no state
     disc = None
     if args.gan_weight > 0:
@@ -141,7 +146,8 @@ def wrap_ddp(state, world, device):
 
 def train_step(state, batch, c_prime, step, args):
     """One step: reconstruct the images from their first c' channels, update the AE (and EMA), then
-    the discriminator. Returns (the loss terms, the AE's gradient norm)."""
+    the discriminator. Returns (the loss terms, the AE's gradient norm, whether both updates were
+    applied: a non-finite loss or gradient skips its update, trainer.optimizer_step)."""
     x, _ = batch  # the labels are not used
     autocast = dcae15.autocast(x.device)
     state.model.train()
@@ -157,18 +163,17 @@ def train_step(state, batch, c_prime, step, args):
         loss = sum(c_loss for c_loss, _ in per_c) / len(per_c)
         terms = {k: sum(c_terms[k] for _, c_terms in per_c) / len(per_c) for k in per_c[0][1]}
     trained = [p for p in state.model.parameters() if p.requires_grad]
-    grad_norm = trainer.optimizer_step(state, loss, trained, step, args)
+    grad_norm, applied = trainer.model_step(state, loss, trained, step, args)
     terms = {"loss": loss, **terms}
     if state.loss_fn.gan_active(step):
         state.disc.requires_grad_(True)
         with autocast:  # real images against every reconstruction of the step
             x_real = x.repeat(len(recs), 1, 1, 1)
             d_loss = state.loss_fn.discriminator_loss(x_real, torch.cat(recs), state.disc_ddp)
-        state.opt_disc.zero_grad(set_to_none=True)
-        d_loss.backward()
-        state.opt_disc.step()
+        _, disc_applied = trainer.optimizer_step(state.opt_disc, d_loss, state.disc.parameters())
+        applied = applied and disc_applied
         terms["d_loss"] = d_loss
-    return terms, grad_norm
+    return terms, grad_norm, applied
 
 
 def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
@@ -238,7 +243,7 @@ def main(args):
     # ------------------------------------------------------------------ outputs (the input is valid)
     last_path = os.path.join(args.out, "last.pt")
     picture_path = os.path.join(args.out, "recon_partial.png")
-    log = trainer.RunLog(args.out, master)
+    log = trainer.RunLog(args.out, master, step, args.tensorboard)
     ae = state.model
     n_params = sum(p.numel() for p in ae.parameters()) / 1e6
     h = args.image_size // cfg.spatial_compression_ratio
@@ -264,6 +269,7 @@ def main(args):
         ckpt = checkpoint.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
                                         choices, report, state.disc, state.opt_disc)
         trainer.write_checkpoint(ckpt, args, step, final)
+        log.record(step, {"val_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale})
         if picture or final:
             common.save_recon_grid(picture_path, val_images, [state.ema], choices)
         return report, scale

@@ -37,7 +37,9 @@ import dcae15
 import trainer
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
+RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every",
+                    "max_skipped_steps", "tensorboard", "grad_checkpointing", "compile",
+                    "compile_backend", "device",
                     "cache_dir", "encode_batch_size", "ae_ckpt", "skip_bad_images", "num_workers"}
 
 
@@ -215,6 +217,9 @@ def build_training(cfg, args, device):
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = dcae15.DiT(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    if args.compile:  # in place: the state dict keeps its keys, the EMA copy stays eager
+        model.compile(backend=args.compile_backend)
 
     def decays(name, p):
         return p.dim() >= 2 and "embedding" not in name
@@ -236,14 +241,15 @@ def latent_batches(latents, labels, sampler, local_batch, latent_scale, device):
 
 
 def train_step(state, batch, c_prime, step, args):
-    """One step of (augmented) diffusion training; returns (the loss terms, the gradient norm)."""
+    """One step of (augmented) diffusion training; returns (the loss terms, the gradient norm,
+    whether the update was applied: a non-finite loss or gradient skips it)."""
     x, y = batch
     state.model.train()
     with dcae15.autocast(x.device):
         loss, terms = state.objective.training_loss(state.model_ddp, x, y, c_prime=c_prime,
                                                 aug_weight=args.aug_weight)
-    grad_norm = trainer.optimizer_step(state, loss, state.model.parameters(), step, args)
-    return {"loss": loss, **terms}, grad_norm
+    grad_norm, applied = trainer.model_step(state, loss, state.model.parameters(), step, args)
+    return {"loss": loss, **terms}, grad_norm, applied
 
 
 def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, objective, steps,
@@ -297,7 +303,7 @@ def main(args):
     # ------------------------------------------------------------------ outputs (the input is valid)
     last_path = os.path.join(args.out, "last.pt")
     grid_path = os.path.join(args.out, "samples.png")
-    log = trainer.RunLog(args.out, master)
+    log = trainer.RunLog(args.out, master, step, args.tensorboard)
     n_params = sum(p.numel() for p in state.model.parameters()) / 1e6
     augmentation = "plain (no augmented training)"
     if not args.no_augmented:

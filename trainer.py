@@ -12,6 +12,8 @@ a checkpoint holds (checkpoint.py) and the pictures.
 """
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -77,18 +79,32 @@ def adopt_run_flags(args, run_args, parser, free_args):
 
 
 class RunLog:
-    """Rank 0's log lines, to stdout (above the tqdm bar) and to <out>/log.txt, and their averages.
+    """Rank 0's record of a run: log lines to stdout (above the tqdm bar) and to <out>/log.txt, the
+    same numbers as one JSON object a line in <out>/metrics.jsonl (kept across --resume), and, with
+    --tensorboard, as TensorBoard scalars.
 
-    `accumulate` adds each step's terms (as tensors: no GPU sync per step); `averages` returns the
-    mean of each term over the steps since the last call and over the ranks, then starts anew.
+    `accumulate` adds each step's terms (as tensors: no GPU sync per step); `step_line` writes the
+    mean of each term over the applied steps since the last line and over the ranks, then starts
+    anew. `record` adds other figures (validation) to metrics.jsonl.
     """
 
-    def __init__(self, out, master):
-        self.master = master
-        if master:
-            os.makedirs(out, exist_ok=True)
-        self.file = open(os.path.join(out, "log.txt"), "a") if master else None
-        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
+    def __init__(self, out, master, start_step=0, tensorboard=False):
+        self.master, self.tensorboard = master, None
+        self.sums, self.count, self.skipped, self.t0, self.items = {}, 0, 0, time.time(), 0
+        if not master:
+            return
+        os.makedirs(out, exist_ok=True)
+        self.file = open(os.path.join(out, "log.txt"), "a")
+        self.metrics_path = os.path.join(out, "metrics.jsonl")
+        keep_metrics_until(self.metrics_path, start_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.write("--tensorboard: the tensorboard package is not installed (pip install "
+                           "tensorboard); the scalars go to metrics.jsonl only")
+            else:
+                self.tensorboard = SummaryWriter(os.path.join(out, "tensorboard"))
 
     def write(self, text, echo=True):
         if self.master:
@@ -97,22 +113,66 @@ class RunLog:
             self.file.write(text + "\n")
             self.file.flush()
 
-    def accumulate(self, terms, items):
+    def record(self, step, values):
+        """One line of metrics.jsonl (and TensorBoard scalars for the numbers among `values`)."""
+        if not self.master:
+            return
+        # strict JSON has no NaN or Infinity: a non-finite number is written as null
+        values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in values.items()}
+        line = {"step": step, "time": round(time.time(), 3), **values}
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+
+    def accumulate(self, terms, items, applied=True):
+        self.items += items
+        if not applied:  # its terms are not finite: they would make the interval's means NaN
+            self.skipped += 1
+            return
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach()
         self.count += 1
-        self.items += items
 
     def averages(self):
-        """(means of the terms, items per second) since the last call."""
+        """(means of the terms, items per second, steps skipped) since the last call."""
         means = {k: common.all_reduce_mean(v.item() / self.count) for k, v in self.sums.items()}
         rate = self.items / max(time.time() - self.t0, 1e-9)
-        self.sums, self.count, self.t0, self.items = {}, 0, time.time(), 0
-        return means, rate
+        skipped = self.skipped
+        self.sums, self.count, self.skipped, self.t0, self.items = {}, 0, 0, time.time(), 0
+        return means, rate, skipped
+
+    def step_line(self, step, c_prime, grad_norm, lr, unit):
+        """The log line of an interval (over its steps and the ranks, not one noisy batch)."""
+        values, rate, skipped = self.averages()
+        grad = grad_norm.item()
+        self.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+                   + f" | c' {'-' if c_prime is None else c_prime} | grad {grad:.3f} | lr {lr:.2e}"
+                   + f" | {rate:.1f} {unit}/s" + (f" | skipped {skipped}" if skipped else ""))
+        c_prime = c_prime if c_prime is None or isinstance(c_prime, int) else list(c_prime)
+        self.record(step, {**values, "c_prime": c_prime, "grad_norm": grad, "lr": lr,
+                           f"{unit}_per_s": rate, "skipped": skipped})
 
     def close(self):
-        if self.file:
+        if self.master:
             self.file.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+
+def keep_metrics_until(path, step):
+    """A resumed run continues metrics.jsonl from its checkpoint's step: lines of later steps (made
+    after the last save by the run that was stopped) are dropped; a new run starts it empty."""
+    lines = []
+    if step > 0 and os.path.isfile(path):
+        with open(path) as fh:
+            lines = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
+    with checkpoint.atomic_write(path) as tmp, open(tmp, "w") as fh:
+        fh.writelines(lines)
 
 
 def run_parser(description, out, batch_size, max_steps, warmup_steps, log_every, sample_every,
@@ -143,6 +203,21 @@ def run_parser(description, out, batch_size, max_steps, warmup_steps, log_every,
                    help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the shapes images themselves (the same set for every --seed)")
+    p.add_argument("--max-skipped-steps", type=int, default=10,
+                   help="stop the run after this many steps in a row whose loss or gradient norm is "
+                        "not finite (each is skipped: no weight changes)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in backward instead of keeping them: "
+                        "less memory (a larger batch fits), one more forward pass a step")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the trained model's forward (in place: checkpoints keep plain "
+                        "keys); the first steps take longer while it compiles")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend: inductor (fast code), or aot_eager / eager to tell "
+                        "a compiler problem from a model problem")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the logged scalars for TensorBoard (<out>/tensorboard; needs the "
+                        "tensorboard package)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 
@@ -180,16 +255,43 @@ def restore(state, ckpt, names, rank, channel_gen):
     return ckpt["step"]
 
 
-def optimizer_step(state, loss, params, step, args):
-    """Backward, clip the gradient norm of `params` to --grad-clip, AdamW step, then the EMA update
-    (with the official warmup); returns the gradient norm before clipping."""
-    state.opt.zero_grad(set_to_none=True)
+def all_finite(*tensors):
+    """True if every value of every tensor is finite, on every rank (one device sync)."""
+    ok = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all().double()
+    return common.all_reduce_mean(ok.item()) == 1.0
+
+
+def optimizer_step(opt, loss, params, max_norm=float("inf")):
+    """Backward, clip the gradient norm of `params` to `max_norm`, step `opt`. A step whose loss or
+    gradient norm is not finite (on any rank) is not applied: no weight and no optimiser state
+    changes. Returns (the gradient norm before clipping, whether the step was applied).
+
+    NOTE: this costs one device sync a step. It is worth it: one non-finite gradient applied makes
+    every weight NaN for good (Adam's moments keep it), and checking only at the log line would let
+    it through.
+    """
+    opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-    state.opt.step()
-    decay = common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup)
-    common.update_ema(state.ema, state.model, decay)
-    return grad_norm
+    params = list(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not all_finite(loss, grad_norm):
+        opt.zero_grad(set_to_none=True)
+        return grad_norm, False
+    opt.step()
+    return grad_norm, True
+
+
+# NOTE: the CUDA habits that peers turn on (fused AdamW, TF32 matmuls for the fp32 parts,
+# channels_last for the AE's convolutions) are off: each is to be on only where a GPU measurement shows
+# that it helps, and none has been measured on a GPU yet.
+def model_step(state, loss, params, step, args):
+    """`optimizer_step` for the trained model, clipped to --grad-clip, then its EMA update (with the
+    official warmup) if the step was applied. Returns (gradient norm, applied)."""
+    grad_norm, applied = optimizer_step(state.opt, loss, params, args.grad_clip)
+    if applied:
+        decay = common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup)
+        common.update_ema(state.ema, state.model, decay)
+    return grad_norm, applied
 
 
 def finish(log):
@@ -198,11 +300,31 @@ def finish(log):
     common.cleanup_distributed()
 
 
+def last_intact(args):
+    """Words naming the run's intact last.pt (the atomic writes never leave a broken one)."""
+    path = os.path.join(args.out, "last.pt")
+    if not os.path.isfile(path):
+        return "no checkpoint was written yet"
+    return f"the last intact checkpoint is {path} (step {checkpoint.load_checkpoint(path)['step']})"
+
+
 def write_checkpoint(ckpt, args, step, final):
-    """last.pt, and step_NNNNNNN.pt every --save-every steps (and at the end)."""
-    checkpoint.save_checkpoint(ckpt, os.path.join(args.out, "last.pt"))
+    """last.pt, and step_NNNNNNN.pt every --save-every steps (and at the end). Weights that are not
+    finite are never written, and a write that fails (a full disk, a quota) ends the run with one
+    line; either way the previous last.pt stays intact."""
+    weights = [v for part in ("model", "ema") for v in ckpt[part].values() if v.is_floating_point()]
+    if not all(torch.isfinite(v).all() for v in weights):
+        raise common.StopRun(f"step {step}: the weights are not finite, so no checkpoint was "
+                             f"written; {last_intact(args)}")
+    paths = [os.path.join(args.out, "last.pt")]
     if args.save_every and (step % args.save_every == 0 or final):
-        checkpoint.save_checkpoint(ckpt, os.path.join(args.out, f"step_{step:07d}.pt"))
+        paths.append(os.path.join(args.out, f"step_{step:07d}.pt"))
+    for path in paths:
+        try:
+            checkpoint.save_checkpoint(ckpt, path)
+        except OSError as err:
+            raise common.StopRun(f"step {step}: could not write {path}: {err.strerror or err}; "
+                                 f"{last_intact(args)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,23 +333,31 @@ def write_checkpoint(ckpt, args, step, final):
 
 def train_loop(state, args, step, world, log, batches, draw_c_prime, train_step, save, unit):
     """Train from `step` to --max-steps: each step takes a batch, draws c', sets the learning rate
-    and calls `train_step(state, batch, c_prime, step, args)` -> (loss terms, gradient norm). Every
-    --log-every steps one log line; every --sample-every steps (and every --save-every) `save(step,
-    picture)`; the final save is the caller's. Returns the last step."""
+    and calls `train_step(state, batch, c_prime, step, args)` -> (loss terms, gradient norm,
+    applied). Every --log-every steps one log line (and its record in metrics.jsonl); every
+    --sample-every steps (and every --save-every) `save(step, picture)`; the final save is the
+    caller's. Steps that were not applied (a non-finite loss or gradient) are counted in the log
+    line; --max-skipped-steps of them in a row stop the run (common.StopRun). Returns the last step."""
     pbar = common.progress(total=args.max_steps, initial=step, disable=not log.master)
+    skipped_in_a_row = 0
     while step < args.max_steps:
         batch = next(batches)
         c_prime = draw_c_prime()
         lr = common.warmup_lr(state.opt, args.lr, step, args.warmup_steps)
-        terms, grad_norm = train_step(state, batch, c_prime, step, args)
+        terms, grad_norm, applied = train_step(state, batch, c_prime, step, args)
         step += 1
         pbar.update(1)
-        log.accumulate(terms, batch[0].shape[0] * world)
+        skipped_in_a_row = 0 if applied else skipped_in_a_row + 1
+        log.accumulate(terms, batch[0].shape[0] * world, applied)
+        if skipped_in_a_row >= args.max_skipped_steps:
+            message = (f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or "
+                       f"gradient norm (the run diverged) and were not applied; "
+                       f"{last_intact(args)}. Lower --lr or --grad-clip and continue with "
+                       f"--resume, or start again")
+            log.write(message, echo=False)  # the terminal gets it once, as the script's error
+            raise common.StopRun(message)
         if step % args.log_every == 0 or step == args.max_steps:
-            values, rate = log.averages()  # over the interval and the ranks, not one noisy batch
-            log.write(f"step {step:6d} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f" | c' {'-' if c_prime is None else c_prime}"
-                      + f" | grad {grad_norm.item():.3f} | lr {lr:.2e} | {rate:.1f} {unit}/s")
+            log.step_line(step, c_prime, grad_norm, lr, unit)
         keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
         if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: the caller's
             save(step, picture=step % args.sample_every == 0)

@@ -123,7 +123,7 @@ def test_latent_cache_from_two_processes_and_data_loader_workers(work, tmp_path)
 def test_dit_save_every_keeps_steps_between_pictures(work):
     out = work / "dit_kept"
     run("train_dit.py", dit_args(work, out, steps=5, extra=["--save-every", "2", "--sample-every", "100"]))
-    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "samples.png", "step_0000002.pt",
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "metrics.jsonl", "samples.png", "step_0000002.pt",
                                        "step_0000004.pt", "step_0000005.pt"]
     straight = work / "dit_straight"
     run("train_dit.py", dit_args(work, straight, steps=5, extra=["--sample-every", "100"]))
@@ -136,7 +136,7 @@ def test_dit_checkpoint_and_sampling(work):
     out = work / "dit"
     proc = run("train_dit.py", dit_args(work, out))
     assert "loss_masked" in proc.stdout and "augmented with c' in [1, 2, 3, 4, 5, 6, 7]" in proc.stdout
-    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "samples.png"]
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "metrics.jsonl", "samples.png"]
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["kind"] == "dcae15-dit" and ckpt["step"] == 4 and ckpt["ae"]["source"] == "dcae15"
     for key in ("config", "model", "ema", "opt", "args", "latent_scale"):

@@ -32,7 +32,8 @@ def test_tiny_run_writes_checkpoint_and_picture(tmp_path):
     out = str(tmp_path / "run")
     proc = run([*TINY, "--max-steps", "4", "--out", out, "--save-every", "2"])
     assert "validation PSNR" in proc.stdout and "latent scaling factor" in proc.stdout
-    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "recon_partial.png", "step_0000002.pt", "step_0000004.pt"]
+    assert sorted(os.listdir(out)) == ["last.pt", "log.txt", "metrics.jsonl", "recon_partial.png", "step_0000002.pt",
+                                       "step_0000004.pt"]
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)  # tensors and plain values only
     assert ckpt["kind"] == "dcae15-ae" and ckpt["step"] == 4 and ckpt["latent_scale"] > 0
     assert ckpt["channel_choices"] == list(range(1, 9))

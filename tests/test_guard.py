@@ -1,0 +1,157 @@
+"""A run that diverges stops instead of training on NaNs and never writes non-finite weights; a failed
+checkpoint write ends the run with one line; metrics.jsonl records every log line, also across
+--resume. Non-finite losses are injected at chosen steps by wrapping the objectives' loss."""
+
+import errno
+import json
+import math
+
+import pytest
+import torch
+
+import checkpoint
+import dcae15
+from helpers import run_script
+
+AE = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
+      "--log-every", "1", "--ema-warmup", "2"]
+
+
+def dit_args(ae, out, steps, extra=()):
+    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--max-images", "64", "--batch-size", "8",
+            "--max-steps", str(steps), "--log-every", "1", "--sample-steps", "2", "--ema-warmup", "2",
+            "--cache-dir", str(out.parent / "cache"), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def ae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("guard") / "ae"
+    run_script("train_ae.py", [*AE, "--max-steps", "2", "--out", out])
+    return str(out / "last.pt")
+
+
+def poison_flow_loss(monkeypatch, bad_calls):
+    """FlowMatching.training_loss returns a NaN loss on the given calls (1 = the first step)."""
+    real, calls = dcae15.FlowMatching.training_loss, [0]
+
+    def training_loss(self, *args, **kwargs):
+        calls[0] += 1
+        loss, terms = real(self, *args, **kwargs)
+        return (loss * math.nan, terms) if calls[0] in bad_calls else (loss, terms)
+
+    monkeypatch.setattr(dcae15.FlowMatching, "training_loss", training_loss)
+
+
+def finite(state_dict):
+    return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+
+
+def test_a_non_finite_step_changes_no_weight_and_training_goes_on(ae, tmp_path, monkeypatch):
+    run_script("train_dit.py", dit_args(ae, tmp_path / "clean", 2))
+    poison_flow_loss(monkeypatch, {3})
+    proc = run_script("train_dit.py", dit_args(ae, tmp_path / "poisoned", 3))
+    assert "| skipped 1" in proc.stdout  # the log line of step 3 counts it
+    clean = checkpoint.load_checkpoint(str(tmp_path / "clean" / "last.pt"))
+    poisoned = checkpoint.load_checkpoint(str(tmp_path / "poisoned" / "last.pt"))
+    for part in ("model", "ema"):  # step 3 was not applied: the weights are step 2's, bit for bit
+        assert all(torch.equal(clean[part][k], poisoned[part][k]) for k in clean[part])
+    assert clean["opt"]["state"][0]["step"] == poisoned["opt"]["state"][0]["step"] == 2
+    assert all(torch.equal(clean["opt"]["state"][i]["exp_avg_sq"], s["exp_avg_sq"])
+               for i, s in poisoned["opt"]["state"].items())
+    # one bad step among good ones: the run goes on to the end
+    poison_flow_loss(monkeypatch, {2})
+    run_script("train_dit.py", dit_args(ae, tmp_path / "goes-on", 5))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "goes-on" / "last.pt"))
+    assert ckpt["step"] == 5 and finite(ckpt["model"]) and finite(ckpt["ema"])
+
+
+def test_steps_non_finite_in_a_row_stop_the_run_and_last_pt_stays_finite(ae, tmp_path, monkeypatch):
+    poison_flow_loss(monkeypatch, set(range(4, 100)))
+    out = tmp_path / "diverged"
+    proc = run_script("train_dit.py", dit_args(ae, out, 20, ["--sample-every", "2", "--max-skipped-steps", "3"]),
+                      check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith("train_dit.py: error: step 6: 3 steps in a row")
+    # the last save (step 4) holds step 3's weights: the skipped step 4 changed nothing
+    assert f"the last intact checkpoint is {out / 'last.pt'} (step 4)" in message
+    ckpt = checkpoint.load_checkpoint(str(out / "last.pt"))
+    assert ckpt["step"] == 4 and finite(ckpt["model"]) and finite(ckpt["ema"])
+    assert "steps in a row" in (out / "log.txt").read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script", ["train_ae.py", "train_dit.py"])
+def test_the_diverging_commands_end_with_one_line(ae, tmp_path, script):
+    out = tmp_path / "run"
+    args = [*AE, "--max-steps", "40", "--out", out] if script == "train_ae.py" else dit_args(ae, out, 40)
+    proc = run_script(script, [*args, "--lr", "1e30", "--grad-clip", "1e30"], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "the run diverged" in proc.stderr
+    assert not (out / "last.pt").exists() or finite(checkpoint.load_checkpoint(str(out / "last.pt"))["model"])
+
+
+def test_the_ae_discriminator_step_is_guarded_too(tmp_path, monkeypatch):
+    real = dcae15.AutoencoderLoss.discriminator_loss
+    monkeypatch.setattr(dcae15.AutoencoderLoss, "discriminator_loss",
+                        lambda self, *a, **k: real(self, *a, **k) * math.nan)
+    out = tmp_path / "gan"
+    proc = run_script("train_ae.py", [*AE, "--max-steps", "3", "--gan-weight", "0.1", "--out", out,
+                                      "--max-skipped-steps", "5"])
+    assert "| skipped 1" in proc.stdout
+    ckpt = checkpoint.load_checkpoint(str(out / "last.pt"))
+    assert finite(ckpt["disc"]) and ckpt["opt_disc"]["state"] == {}  # the discriminator never stepped
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    import argparse
+
+    import trainer
+
+    args = argparse.Namespace(out=str(tmp_path), save_every=0)
+    ckpt = {"model": {"w": torch.tensor([1.0, math.inf])}, "ema": {"w": torch.ones(2)}}
+    with pytest.raises(Exception, match="the weights are not finite, so no checkpoint was written; no "
+                                         "checkpoint was written yet"):
+        trainer.write_checkpoint(ckpt, args, 7, final=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_a_failed_checkpoint_write_ends_the_run_with_one_line(ae, tmp_path, monkeypatch):
+    real, calls = checkpoint.save_checkpoint, [0]
+
+    def save_until_the_disk_is_full(obj, path):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_until_the_disk_is_full)
+    out = tmp_path / "full"
+    proc = run_script("train_dit.py", dit_args(ae, out, 4, ["--sample-every", "2"]), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"train_dit.py: error: step 4: could not write {out / 'last.pt'}: No space "
+                                   f"left on device; the last intact checkpoint is {out / 'last.pt'} (step 2)")
+    assert checkpoint.load_checkpoint(str(out / "last.pt"))["step"] == 2
+
+
+def test_metrics_jsonl_has_every_log_line_and_survives_resume(ae, tmp_path):
+    out = tmp_path / "metrics"
+    run_script("train_dit.py", dit_args(ae, out, 4, ["--sample-every", "2"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "loss_full", "loss_masked", "lr", "grad_norm", "latents_per_s", "time"} <= set(rows[0])
+    # a run stopped after its last save (step 4) wrote lines 5 and 6; --resume continues from step 4
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 5, "loss": 9.0}) + "\n" + json.dumps({"step": 6, "loss": 9.0}) + "\n")
+    run_script("train_dit.py", dit_args(ae, out, 6, ["--sample-every", "2", "--resume"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[4]["loss"] != 9.0
+    ae_rows = [json.loads(line) for line in open(ae.replace("last.pt", "metrics.jsonl"))]
+    assert ae_rows[-1]["step"] == 2 and "val_psnr" in ae_rows[-1] and "latent_scale" in ae_rows[-1]
+
+
+def test_tensorboard_without_the_package_says_so_and_goes_on(ae, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    proc = run_script("train_dit.py", dit_args(ae, tmp_path / "tb", 1, ["--tensorboard"]))
+    assert "pip install tensorboard" in proc.stdout and (tmp_path / "tb" / "last.pt").exists()
