@@ -8,6 +8,7 @@ user sees on stderr) keep using subprocess.
 """
 
 import contextlib
+import importlib
 import io
 import os
 import runpy
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,3 +49,12 @@ def run_script(script, args, check=True):
     if check and code != 0:
         raise AssertionError(f"{script} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def assert_parses(script, args, where):
+    """`python script args`, as a document (`where`) gives it, parses with the script's own parser."""
+    parser = importlib.import_module(script[:-3]).build_parser()
+    try:
+        parser.parse_args(args)
+    except SystemExit:
+        pytest.fail(f"{where}: `python {script} {' '.join(args)}` does not parse (see above)")

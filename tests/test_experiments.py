@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from helpers import assert_parses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 RESULTS = os.path.join(ROOT, "RESULTS.md")
@@ -67,11 +69,7 @@ def test_dry_run_prints_commands_that_parse(name, tmp_path):
     assert parsed, f"DRY_RUN=1 bash experiments/{name} prints no python command"
     for line, (script, args) in parsed:
         assert script in PY_SCRIPTS, f"experiments/{name} runs an unknown script: {line}"
-        parser = importlib.import_module(script[:-3]).build_parser()
-        try:
-            parser.parse_args(args)
-        except SystemExit:
-            pytest.fail(f"experiments/{name}: `{line}` does not parse (see above)")
+        assert_parses(script, args, f"experiments/{name}")
     assert not (tmp_path / "runs").exists(), f"DRY_RUN=1 bash experiments/{name} wrote files"
 
 

@@ -3,12 +3,12 @@ own argument parser, every grader it names exists, and every function it names (
 is defined in that file. A renamed flag or function then fails here instead of in a classroom."""
 
 import ast
-import importlib
 import os
 import re
 import shlex
 
-import pytest
+
+from helpers import assert_parses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHEET = os.path.join(ROOT, "EXERCISES.md")
@@ -40,11 +40,7 @@ def test_every_script_command_parses_with_its_own_parser():
     for words in commands:
         script, args = words[0], words[1:]
         assert script in SCRIPTS, f"EXERCISES.md runs an unknown script: python {' '.join(words)}"
-        parser = importlib.import_module(script[:-3]).build_parser()
-        try:
-            parser.parse_args(args)
-        except SystemExit:
-            pytest.fail(f"EXERCISES.md: `python {' '.join(words)}` no longer parses (see above)")
+        assert_parses(script, args, "EXERCISES.md")
 
 
 def test_every_grader_exists():
