@@ -19,6 +19,7 @@ train $R/dit python train_dit.py --ae-ckpt $R/ae/last.pt "${DIT[@]}" --out $R/di
 train $R/dit-plain python train_dit.py --ae-ckpt $R/ae/last.pt "${DIT[@]}" --no-augmented --out $R/dit-plain &
 wait_all
 produce $R/dit/sample_seed0.png python sample.py --ckpt $R/dit/last.pt
+produce $R/dit-plain/sample_seed0.png python sample.py --ckpt $R/dit-plain/last.pt
 produce $R/recon.json python evaluate.py recon --ae-ckpt $R/ae/last.pt --baseline-ckpt $R/ae-plain/last.pt \
     "${REC[@]}" --json $R/recon.json
 produce $R/classes-dit.json python evaluate.py classes --ckpt $R/dit/last.pt "${CLS[@]}" --json $R/classes-dit.json
@@ -61,7 +62,8 @@ rows = [("`train_ae.py`", took("train_ae.py", "--out", f"{R}/ae"), psnr("ae")),
         ("`train_ae.py --no-structured`", took("train_ae.py", "--no-structured"), psnr("ae-plain")),
         ("`train_dit.py --ae-ckpt runs/ae/last.pt`", took("train_dit.py", f"{R}/dit"), dit("dit")),
         ("`train_dit.py ... --no-augmented`", took("train_dit.py", "--no-augmented"), dit("dit-plain")),
-        ("`sample.py --ckpt runs/dit/last.pt`", took("sample.py"), "40 samples, 50 Heun steps, guidance 4"),
+        ("`sample.py --ckpt runs/dit/last.pt`", took("sample.py", f"{R}/dit/last.pt"),
+         "40 samples, 50 Heun steps, guidance 4"),
         ("`evaluate.py recon ...`", took("evaluate.py", "recon"),
          "PSNR from the first c' channels, structured / plain: " + ", ".join(
              f"{c}: {rec['model'][c]['psnr']:.2f} / {rec['baseline'][c]['psnr']:.2f}" for c in (cs[0], cs[len(cs) // 2 - 1], cs[-1]))
