@@ -2,29 +2,36 @@
 # The README's quick start, as the table "What to expect" was measured: two structured / plain
 # autoencoders, the augmented and the plain DiT, samples, the partial-channel table, the class judge.
 #   bash experiments/quickstart.sh               # everything, in runs/ (about 1.5 h on 2 cores)
-#   SMOKE=1 bash experiments/quickstart.sh       # a few steps of everything, in runs/smoke (tests)
+#   SMOKE=1 bash experiments/quickstart.sh       # a few steps of each command, in runs/smoke (tests)
 #   DRY_RUN=1 bash experiments/quickstart.sh     # print the commands
 source "$(dirname "$0")/lib.sh"
-R=$RUNS; AE=(); DIT=(); CLS=(); REC=()
+R=$RUNS; AE=(); DIT=(); SMP=(); CLS=(); REC=()
 if [ "${SMOKE:-0}" = 1 ]; then  # tiny settings: every command runs in seconds
   R=$RUNS/smoke
   AE=(--model dc-ae-tiny --max-steps 4 --log-every 2 --perceptual off)
   DIT=(--model DiT-tiny --max-steps 4 --log-every 2 --max-images 64 --sample-steps 2 --cache-dir $R/cache)
+  SMP=(--num-samples 10 --steps 2)
   CLS=(--num-samples 10 --steps 2 --num-images 200 --judge-steps 5 --num-val 20 --judge-cache $R/judges)
   REC=(--num-images 16)
 fi
-# two commands at a time (one thread each): the two autoencoders, then the two DiTs
+# two commands at a time (one thread each): the two autoencoders, the two DiTs, recon and the first
+# classes (it trains the judge), then the rest
 autoencoders $R "${AE[@]}"
 train $R/dit python train_dit.py --ae-ckpt $R/ae/last.pt "${DIT[@]}" --out $R/dit &
 train $R/dit-plain python train_dit.py --ae-ckpt $R/ae/last.pt "${DIT[@]}" --no-augmented --out $R/dit-plain &
 wait_all
-produce $R/dit/sample_seed0.png python sample.py --ckpt $R/dit/last.pt
-produce $R/dit-plain/sample_seed0.png python sample.py --ckpt $R/dit-plain/last.pt
 produce $R/recon.json python evaluate.py recon --ae-ckpt $R/ae/last.pt --baseline-ckpt $R/ae-plain/last.pt \
-    "${REC[@]}" --json $R/recon.json
-produce $R/classes-dit.json python evaluate.py classes --ckpt $R/dit/last.pt "${CLS[@]}" --json $R/classes-dit.json
-produce $R/classes-dit-plain.json python evaluate.py classes --ckpt $R/dit-plain/last.pt "${CLS[@]}" \
-    --json $R/classes-dit-plain.json
+    "${REC[@]}" --json $R/recon.json &
+produce $R/classes-dit.json python evaluate.py classes --ckpt $R/dit/last.pt "${CLS[@]}" --json $R/classes-dit.json &
+wait_all
+produce $R/dit/sample_seed0.png python sample.py --ckpt $R/dit/last.pt "${SMP[@]}"
+if [ "${SMOKE:-0}" != 1 ]; then  # the smoke run makes do with one of each kind of command
+  produce $R/dit-plain/sample_seed0.png python sample.py --ckpt $R/dit-plain/last.pt &
+  # after the first classes, whose judge is cached
+  produce $R/classes-dit-plain.json python evaluate.py classes --ckpt $R/dit-plain/last.pt \
+      --json $R/classes-dit-plain.json &
+  wait_all
+fi
 # the table "What to expect" of README.md, from the logs and JSON files above -> $R/quickstart.md
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R" "$RUNS/experiments.log" <<'PY'
 import json, os, re, sys
@@ -51,6 +58,8 @@ def dit(run):
     masked = f" / {terms['loss_masked']} (first c')" if "loss_masked" in terms else ""
     return f"final interval loss {terms.get('loss_full', terms['loss'])} (all channels){masked}; {float(rate):.0f} latents/s"
 def judged(name):
+    if not os.path.isfile(os.path.join(R, name)):  # not made by a smoke run
+        return "-"
     r = json.load(open(os.path.join(R, name)))
     s = r["samples"]
     return (f"{s['1.0']['share']:.1%} / {s['4.0']['share']:.1%} in the requested class at guidance 1 / 4, "
