@@ -26,14 +26,16 @@ from fid import FeatureStats
 from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
                    validation_images)
 from metrics import maybe_inception
+import trainer
 
 # ==================================================================================================
 # Run folders and their points
 # ==================================================================================================
 
 CURVE_KEYS = ("label", "run", "seed", "step")  # the CSV's first columns; then one per metric
+# may differ between the seeds of a curve
 RUN_FREE_ARGS = {"seed", "out", "resume", "max_steps", "log_every", "sample_every", "save_every",
-                 "device", "cache_dir", "ae_ckpt", "encode_batch_size"}  # may differ between seeds
+                 "device", "cache_dir", "ae_ckpt", "encode_batch_size"} | trainer.HOW_ARGS
 METRIC_WORDS = {"share": "in the requested class", "fd": "judge-feature Fréchet distance",
                 "fid": "FID"}
 

@@ -31,10 +31,7 @@ import dcae15
 import trainer
 
 # Flags that may differ when resuming (they do not change what is computed); the rest must match.
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every",
-                    "max_skipped_steps", "tensorboard", "grad_checkpointing", "compile",
-                    "compile_backend", "num_workers",
-                    "device", "skip_bad_images"}
+RESUME_FREE_ARGS = trainer.RUN_FREE_ARGS | {"num_workers"}
 
 
 def load_init_from(args):

@@ -37,10 +37,7 @@ import dcae15
 import trainer
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
-RESUME_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every",
-                    "max_skipped_steps", "tensorboard", "grad_checkpointing", "compile",
-                    "compile_backend", "device",
-                    "cache_dir", "encode_batch_size", "ae_ckpt", "skip_bad_images", "num_workers"}
+RESUME_FREE_ARGS = trainer.RUN_FREE_ARGS | {"cache_dir", "encode_batch_size", "ae_ckpt", "num_workers"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -175,6 +175,14 @@ def keep_metrics_until(path, step):
         fh.writelines(lines)
 
 
+# Flags of run_parser that change how a run computes (its memory, speed, logging, when it gives up),
+# not what it computes: runs that differ only in them are the same run.
+HOW_ARGS = {"max_skipped_steps", "tensorboard", "grad_checkpointing", "compile", "compile_backend"}
+# The flags of run_parser that a resumed run may set anew.
+RUN_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
+                 "skip_bad_images"} | HOW_ARGS
+
+
 def run_parser(description, out, batch_size, max_steps, warmup_steps, log_every, sample_every,
                picture):
     """An argument parser with the flags that both trainers take (the data, the run folder, the
