@@ -8,8 +8,8 @@ source "$(dirname "$0")/lib.sh"
 R=$RUNS; AE=(); DIT=(); SMP=(); CLS=(); REC=()
 if [ "${SMOKE:-0}" = 1 ]; then  # tiny settings: every command runs in seconds
   R=$RUNS/smoke
-  AE=(--model dc-ae-tiny --max-steps 4 --log-every 2 --perceptual off)
-  DIT=(--model DiT-tiny --max-steps 4 --log-every 2 --max-images 64 --sample-steps 2 --cache-dir $R/cache)
+  AE=(--model dc-ae-tiny --max-steps 4 --batch-size 8 --log-every 2 --perceptual off)
+  DIT=(--model DiT-tiny --max-steps 4 --batch-size 8 --log-every 2 --max-images 64 --sample-steps 2 --cache-dir $R/cache)
   SMP=(--num-samples 10 --steps 2)
   CLS=(--num-samples 10 --steps 2 --num-images 200 --judge-steps 5 --num-val 20 --judge-cache $R/judges)
   REC=(--num-images 16)

@@ -24,7 +24,7 @@ def ae(tmp_path_factory):
 
 
 def dit_args(ae, out, steps, extra=()):
-    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--max-images", "64", "--batch-size", "8",
+    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--image-size", "16", "--max-images", "64", "--batch-size", "8",
             "--max-steps", str(steps), "--log-every", "1", "--sample-steps", "2", "--sample-every", "2",
             "--cache-dir", str(out.parent / "cache"), "--out", str(out), *extra]
 

@@ -18,7 +18,7 @@ AE = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--per
 
 
 def dit_args(ae, out, steps, extra=()):
-    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--max-images", "64", "--batch-size", "8",
+    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--image-size", "16", "--max-images", "64", "--batch-size", "8",
             "--max-steps", str(steps), "--log-every", "1", "--sample-steps", "2", "--ema-warmup", "2",
             "--cache-dir", str(out.parent / "cache"), "--out", str(out), *extra]
 

@@ -71,7 +71,7 @@ def test_ae_loss_falls_when_overfitting_one_batch(tiny_ae):
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     tiny_ae.train()
     l1 = []
-    for step in range(80):
+    for step in range(40):
         rec, _ = tiny_ae(x, 8 if step % 2 else 4)  # alternate c' as structured training does
         loss, terms = loss_fn.generator_loss(x, rec, step)
         opt.zero_grad()

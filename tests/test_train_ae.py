@@ -94,18 +94,6 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert proc.returncode != 0 and "pass --resume" in proc.stderr
 
 
-def test_two_process_gloo_ddp(tmp_path):
-    out = str(tmp_path / "ddp")
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    proc = run([*TINY, "--max-steps", "4", "--out", out], launcher=launcher)
-    assert "2 process(es)" in proc.stdout
-    assert "DDP check: weights identical on all 2 ranks" in proc.stdout
-    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
-    # each rank drew its own c' stream and its own data slice
-    assert not torch.equal(ckpt["rng"][0]["channel"], ckpt["rng"][1]["channel"])
-
-
 @pytest.mark.parametrize("extra,message", [
     (["--model", "dc-ae-f8c4"], "unknown autoencoder preset"),
     (["--image-size", "18"], "not divisible by the spatial compression 4"),
@@ -162,11 +150,18 @@ def test_several_c_per_step_resume_exactly(tmp_path):
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
-def test_several_c_per_step_under_two_process_gloo(tmp_path):
+def test_two_process_gloo_ddp_with_several_c_per_step(tmp_path):
+    """Every layer trains under DDP, with the GAN from step 2 and three c' per step (three decoder passes
+    before one backward); the head-only phase under DDP is tested below."""
     out = str(tmp_path / "ddp")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    proc = run([*TINY, *SEVERAL, "--max-steps", "3", "--out", out], launcher=launcher)
+    proc = run([*TINY, *SEVERAL, "--max-steps", "4", "--out", out], launcher=launcher)
+    assert "2 process(es)" in proc.stdout
     assert "DDP check: weights identical on all 2 ranks" in proc.stdout
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
+    # each rank drew its own c' stream and its own data slice
+    assert not torch.equal(ckpt["rng"][0]["channel"], ckpt["rng"][1]["channel"])
 
 
 # ---------------------------------------------------------------------------- DC-AE's phases: a part trains
