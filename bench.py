@@ -153,8 +153,8 @@ def build_pieces(args, device):
             ae.decode(z)
 
     h = args.image_size // f
-    cfg = dcae15.build_dit_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
-    dit = dcae15.DiT(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
+    cfg = dcae15.build_backbone_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
+    dit = dcae15.build_backbone(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
     if args.compile:
         ae.compile()
         dit.compile()
@@ -225,7 +225,9 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ae", default="dc-ae-f16c64-classroom",
                    help=f"AE preset: {', '.join(dcae15.DCAE_CONFIGS)}")
-    p.add_argument("--dit", default="DiT-classroom", help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
+    p.add_argument("--dit", default="DiT-classroom", metavar="PRESET",
+                   choices=[*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS],
+                   help=f"diffusion model preset: {', '.join([*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS])}")
     p.add_argument("--image-size", type=int, default=64, help="image resolution")
     p.add_argument("--batch-size", type=int, default=16, help="items per iteration")
     p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),

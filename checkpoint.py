@@ -102,6 +102,7 @@ def dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale,
     `objective` ("ddpm" or "flow") says what the model predicts, hence how to sample it."""
     return {
         "kind": DIT_KIND,
+        "backbone": type(model).__name__,  # "DiT" or "UViT": which network `config` builds
         "objective": objective,
         "config": cfg.to_dict(),
         "model": model.state_dict(),
@@ -192,7 +193,8 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
 
 
 def load_dit(path, ae_path=None):
-    """A train_dit.py checkpoint, ready to sample: (EMA DiT in eval mode, its AE, the checkpoint).
+    """A train_dit.py checkpoint, ready to sample: (EMA DiT or U-ViT in eval mode, its AE, the
+    checkpoint).
 
     The autoencoder is the one the checkpoint names, or `ae_path` if it has moved; a different AE
     (another fingerprint) is loaded with a warning, since its latents do not match the DiT's.
@@ -205,7 +207,9 @@ def load_dit(path, ae_path=None):
             what = "an autoencoder checkpoint (train_ae.py)"
         raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
     ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
-    model = dcae15.DiT(dcae15.DiTConfig.from_dict(ckpt["config"]))
+    # checkpoints written before the U-ViT existed hold a DiT
+    config = dcae15.backbone_config_from_dict(ckpt["config"], ckpt.get("backbone", "DiT"))
+    model = dcae15.build_backbone(config)
     # a state dict of a torch.compile'd (or DDP) model has its keys under "_orig_mod." ("module.")
     ema = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["ema"].items()}
     model.load_state_dict(ema, strict=True)

@@ -8,6 +8,7 @@ Papers:
   DC-AE 1.5  Chen et al., "DC-AE 1.5: Accelerating Diffusion Model Convergence with Structured
              Latent Space", ICCV 2025, arXiv 2508.00413
   DiT        Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv 2212.09748
+  U-ViT      Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", arXiv 2209.12152
   DDPM/DDIM  Ho et al., arXiv 2006.11239; Song et al., arXiv 2010.02502
 
 Map of this file (section -> paper):
@@ -17,6 +18,7 @@ Map of this file (section -> paper):
   4. Structured latent space       -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, c'
   5. Autoencoder loss              -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
   6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
+  6b. U-ViT                        -> U-ViT Sec. 3; the DC-AE 1.5 USiT models (U-ViT + flow)
   7. Diffusion objective + sampler -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented
                                       Diffusion Training", DDIM eq. 12, classifier-free guidance
   8. Official weights              -> the official DC-AE 1.5 checkpoints, the latent scaling factor
@@ -799,7 +801,7 @@ DiT_CONFIGS = {
 def build_dit_config(name, **kwargs):
     if name not in DiT_CONFIGS:
         raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(DiT_CONFIGS)}")
-    return DiTConfig(**DiT_CONFIGS[name], **kwargs)
+    return DiTConfig(**{**DiT_CONFIGS[name], **kwargs})  # keywords override the preset
 
 
 def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
@@ -845,10 +847,10 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads):
+    def __init__(self, dim, num_heads, qkv_bias=True):  # U-ViT's qkv has no bias, DiT's has
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):  # (B, N, D)
@@ -983,6 +985,192 @@ class DiT(nn.Module):
         both = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         cond, uncond = both.chunk(2)
         return uncond + cfg_scale * (cond - uncond)
+
+
+# ==================================================================================================
+# 6b. U-ViT (Bao et al.): the backbone of the paper's USiT models
+# ==================================================================================================
+#
+# USiT = this backbone trained with the flow objective ("flow" below), as the official DC-AE 1.5
+# models `dc-ae-f64c128-1.5-usit-{2b,3b}-in-512px` are. Everything is a token: [label, time, patches],
+# pre-LN transformer blocks, and long skips from the first half of the blocks to the second.
+
+
+class UViTConfig(DiTConfig):
+    """The same fields as DiTConfig (`build_uvit_config` sets the sizes); its own type says which
+    network a config builds (`build_backbone`)."""
+
+
+UVIT_CONFIGS = {  # the official sizes (DC-Gen `uvit.py` zoo); patch 1 always
+    "UViT-S": dict(depth=12, hidden_size=512, num_heads=8),
+    "UViT-H": dict(depth=28, hidden_size=1152, num_heads=16),
+    "UViT-2B": dict(depth=28, hidden_size=2048, num_heads=32),
+    "UViT-3B": dict(depth=56, hidden_size=2048, num_heads=32),
+    # NOTE: ours, not official: DiT-classroom's width and about its parameters (1.9 M), and a test size.
+    "UViT-classroom": dict(depth=8, hidden_size=128, num_heads=4),
+    "UViT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
+}
+
+
+def build_uvit_config(name, **kwargs):
+    if name not in UVIT_CONFIGS:
+        raise ValueError(f"unknown U-ViT preset {name!r}; choose one of {sorted(UVIT_CONFIGS)}")
+    return UViTConfig(**{**UVIT_CONFIGS[name], **kwargs})
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU (exact) -> Linear, under timm's key names fc1 / fc2."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class UViTBlock(nn.Module):
+    """Pre-LN transformer block; an out-block first merges its long skip: Linear(cat[x, skip])."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, skip=False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)  # with affine, eps 1e-5 (official)
+        self.attn = Attention(dim, num_heads, qkv_bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+
+    def forward(self, x, skip=None):  # (B, 2 + N, D)
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """A p x p conv with stride p (official `AdaptivePatchEmbed`, key `proj`)."""
+
+    def __init__(self, in_channels, dim, patch_size):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class UViT(nn.Module):
+    """Class-conditional U-ViT on a noisy latent x_t, with the DiT's interface: model(x, t, y) is
+    the velocity (flow) or the noise (ddpm), forward_with_cfg guides all channels, the null class
+    is num_classes. State-dict keys are the official ones, so an official USiT checkpoint loads
+    with strict=True (`backbone_state_dict` unwraps the official files).
+
+    NOTE: the official adaptive-channel model slices its patch-embed input and its output rows to
+    c'; here, as in our DiT, channels >= c' of x_t are zero and the loss ignores the outputs there:
+    the same function. The official code casts q, k, v to fp32 before SDPA, which autocast casts
+    back (SDPA is on its lower-precision list); we leave that out.
+    """
+
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        D, p = cfg.hidden_size, cfg.patch_size
+        if cfg.input_size % p or D % cfg.num_heads or D % 2:
+            raise ValueError(f"input_size must be divisible by patch_size, and hidden_size by "
+                             f"num_heads and by 2; got {cfg}")
+        self.cfg = cfg
+        num_patches = (cfg.input_size // p) ** 2
+        # learned positions for the 2 extra tokens (label, time) and every patch
+        self.pos_embed = nn.Parameter(torch.zeros(1, 2 + num_patches, D))
+        self.patch_embed = PatchEmbed(cfg.in_channels, D, p)
+        self.label_emb = LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob)
+        # the time token is the raw sinusoid of t, width D: no MLP (official mlp_time_embed=False)
+        self.in_blocks = nn.ModuleList([UViTBlock(D, cfg.num_heads, cfg.mlp_ratio)
+                                        for _ in range(cfg.depth // 2)])
+        self.mid_block = UViTBlock(D, cfg.num_heads, cfg.mlp_ratio)
+        self.out_blocks = nn.ModuleList([UViTBlock(D, cfg.num_heads, cfg.mlp_ratio, skip=True)
+                                         for _ in range(cfg.depth // 2)])
+        self.norm = nn.LayerNorm(D)
+        self.decoder_pred = nn.Linear(D, p * p * cfg.in_channels)
+        self.grad_checkpointing = False
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # official: truncated normal (std 0.02) linears with zero bias, LayerNorms (1, 0), the
+        # positions truncated normal; the conv and the label table keep PyTorch's init; no zero-init
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def blocks(self):  # in order of computation
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
+    def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> v or eps: (B, C, H, W)
+        B, C, H, W = x.shape
+        x = self.patch_embed(x)  # (B, N, D)
+        time = timestep_embedding(t, self.cfg.hidden_size).to(x.dtype)[:, None]  # (B, 1, D)
+        x = torch.cat([self.label_emb(y)[:, None].to(x.dtype), time, x], dim=1) + self.pos_embed
+        run = (lambda block, *a: checkpointed(block, *a)) if self.grad_checkpointing else \
+            (lambda block, *a: block(*a))
+        skips = []
+        for block in self.in_blocks:
+            x = run(block, x)
+            skips.append(x)
+        x = run(self.mid_block, x)
+        for block in self.out_blocks:  # the last in-block's output goes to the first out-block
+            x = run(block, x, skips.pop())
+        x = self.decoder_pred(self.norm(x))[:, 2:]  # drop the label and time tokens
+        p = self.cfg.patch_size  # tokens (h w) with features (p1 p2 C), the official order
+        x = x.reshape(B, H // p, W // p, p, p, C)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, H, W)
+
+    def set_grad_checkpointing(self, enable=True):
+        """Activation checkpointing, one block at a time (official `enable_activation_checkpointing`
+        "full")."""
+        self.grad_checkpointing = enable
+        return self
+
+    forward_with_cfg = DiT.forward_with_cfg  # guidance over all channels, one batched pass
+
+
+BACKBONES = {DiTConfig: DiT, UViTConfig: UViT}  # the network each config type builds
+
+
+def build_backbone_config(name, **kwargs):
+    """The config of a DiT or U-ViT preset (DiT-XL, UViT-2B, ...), with keyword overrides."""
+    if name in UVIT_CONFIGS:
+        return build_uvit_config(name, **kwargs)
+    if name in DiT_CONFIGS:
+        return build_dit_config(name, **kwargs)
+    raise ValueError(f"unknown diffusion model {name!r}; choose one of "
+                     f"{sorted(DiT_CONFIGS) + sorted(UVIT_CONFIGS)}")
+
+
+def build_backbone(cfg):
+    """DiT(cfg) or UViT(cfg), by the config's type."""
+    return BACKBONES[type(cfg)](cfg)
+
+
+def backbone_config_from_dict(d, backbone="DiT"):
+    """A config saved with to_dict(), as the network named `backbone` ("DiT" or "UViT") takes it."""
+    kinds = {model.__name__: config for config, model in BACKBONES.items()}
+    if backbone not in kinds:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(kinds)}")
+    return kinds[backbone].from_dict(d)
+
+
+def backbone_state_dict(state_dict):
+    """The network's weights from an official DC-Gen diffusion file's content: an FSDP / trainer
+    checkpoint {"ema": {name: state_dict}} (the first EMA, as the official loader takes it), or a
+    Hugging Face file whose keys carry "diffusion_model." (NOTE: that prefix is inferred from the
+    official wrapper class, not seen in a real file)."""
+    if isinstance(state_dict.get("ema"), dict):
+        state_dict = next(iter(state_dict["ema"].values()))
+    return {k.removeprefix("diffusion_model."): v for k, v in state_dict.items()}
 
 
 # ==================================================================================================

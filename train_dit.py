@@ -198,8 +198,8 @@ def default_aug_channels(C):
 
 @dataclass
 class Training:
-    """What one training step needs: the DiT (and its DDP wrapper), its EMA copy, the optimiser and
-    the diffusion objective."""
+    """What one training step needs: the DiT or U-ViT (and its DDP wrapper), its EMA copy, the
+    optimiser and the diffusion objective."""
 
     model: torch.nn.Module
     ema: torch.nn.Module
@@ -209,10 +209,10 @@ class Training:
 
 
 def build_training(cfg, args, device):
-    """The DiT, its EMA copy, AdamW (no weight decay on biases and norm weights, as official) and
-    the objective."""
+    """The DiT or U-ViT (by the config's type), its EMA copy, AdamW (no weight decay on biases and
+    norm weights, as official) and the objective."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    model = dcae15.DiT(cfg).to(device)
+    model = dcae15.build_backbone(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     model.set_grad_checkpointing(args.grad_checkpointing)
     if args.compile:  # in place: the state dict keeps its keys, the EMA copy stays eager
@@ -285,10 +285,11 @@ def main(args):
 
     # ------------------------------------------------------------------ model, optimiser
     h = args.image_size // ae.spatial_compression_ratio
-    config = dcae15.build_dit_config(args.model, input_size=h, in_channels=C,
-                                     num_classes=num_classes, patch_size=args.patch_size)
+    config = dcae15.build_backbone_config(args.model, input_size=h, in_channels=C,
+                                          num_classes=num_classes, patch_size=args.patch_size)
     if resume_ckpt is not None:
-        config = dcae15.DiTConfig.from_dict(resume_ckpt["config"])
+        config = dcae15.backbone_config_from_dict(resume_ckpt["config"],
+                                                  resume_ckpt.get("backbone", "DiT"))
     state = build_training(config, args, device)
     channel_gen = trainer.random_streams(args, rank)
     step = trainer.restore(state, resume_ckpt, ["model", "ema", "opt"], rank, channel_gen)
@@ -352,10 +353,12 @@ def build_parser():
                    help=f"preset of an official AE file: {', '.join(dcae15.DCAE_CONFIGS)}")
     p.add_argument("--latent-scale", type=float, default=None,
                    help="latent scaling factor (default: the one stored with the AE / the official one)")
-    p.add_argument("--model", default="DiT-classroom",
-                   help=f"DiT preset: {', '.join(dcae15.DiT_CONFIGS)}")
+    p.add_argument("--model", default="DiT-classroom", metavar="PRESET",
+                   choices=[*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS],
+                   help=f"the diffusion model: a DiT ({', '.join(dcae15.DiT_CONFIGS)}) or a U-ViT "
+                        f"({', '.join(dcae15.UVIT_CONFIGS)}; with the flow objective: USiT)")
     p.add_argument("--patch-size", type=int, default=1,
-                   help="DiT patch size (1 for DC-AE latents, as official)")
+                   help="patch size (1 for DC-AE latents, as official)")
     p.add_argument("--image-size", type=int, default=64,
                    help="image resolution (latent size = this / compression)")
     p.add_argument("--max-images", type=int, default=10000,
