@@ -44,24 +44,31 @@ import torch.utils.checkpoint
 # ==================================================================================================
 
 
+# block_type, norm and act: one name for every stage, or a tuple of one per stage (DC-AE 1.0).
 @dataclass
 class EncoderConfig:
     # channels of each stage (stage i at H / 2^i)
     width_list: tuple = (128, 256, 512, 512, 1024, 1024)
-    # ResBlocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
+    # blocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
     depth_list: tuple = (0, 5, 10, 4, 4, 4)
-    norm: str = "trms2d"  # channel RMSNorm with weight and bias (official name "trms2d")
+    block_type: object = "ResBlock"  # or "EViTGLU" (DC-AE 1.0's deep stages)
+    norm: object = "trms2d"  # channel RMSNorm with weight and bias (official name "trms2d")
     act: str = "silu"
+    # None in DC-AE 1.5; 1.0 adds a channel-averaging shortcut around the last conv
+    out_shortcut: Optional[str] = None
 
 
 @dataclass
 class DecoderConfig:
     width_list: tuple = (128, 256, 512, 512, 1024, 1024)
     depth_list: tuple = (0, 5, 10, 4, 4, 4)
-    norm: str = "trms2d"
-    act: str = "silu"
+    block_type: object = "ResBlock"
+    norm: object = "trms2d"  # 1.0: "bn2d" (BatchNorm) in the shallow stages
+    act: object = "silu"
     out_norm: str = "trms2d"  # norm and act before the last (pixel-shuffle) conv
     out_act: str = "silu"  # DC-AE 1.5 uses SiLU here; DC-AE 1.0 used ReLU
+    # None in DC-AE 1.5; 1.0 adds a channel-duplicating shortcut around the first conv
+    in_shortcut: Optional[str] = None
 
 
 @dataclass
@@ -130,6 +137,37 @@ DCAE_CONFIGS = {
 }
 
 
+def _dcae_10_config(width_list, enc_depth, dec_depth, latent_channels, scaling_factor=None):
+    """DC-AE 1.0 (DC-Gen `dc_ae_f32c32` / `dc_ae_f64c128` / `dc_ae_f128c512`): ResBlocks in the first
+    three stages, EfficientViT blocks in the deep ones; BatchNorm + ReLU in the decoder's shallow
+    stages; the shortcuts around the encoder's last and the decoder's first conv; ReLU at the end."""
+    n = len(width_list)
+    blocks = ("ResBlock",) * 3 + ("EViTGLU",) * (n - 3)
+    enc = EncoderConfig(tuple(width_list), tuple(enc_depth), block_type=blocks, out_shortcut="averaging")
+    dec = DecoderConfig(tuple(width_list), tuple(dec_depth), block_type=blocks,
+                        norm=("bn2d",) * 3 + ("trms2d",) * (n - 3), act=("relu",) * 3 + ("silu",) * (n - 3),
+                        out_act="relu", in_shortcut="duplicating")
+    return DCAEConfig(latent_channels=latent_channels, scaling_factor=scaling_factor, encoder=enc, decoder=dec)
+
+
+# DC-AE 1.0, the paper's baseline; the "-mix-1.0" models share these architectures.
+_F32 = [128, 256, 512, 512, 1024, 1024]
+DCAE_CONFIGS.update({
+    # the scaling factors the official code pairs with the ImageNet weights
+    "dc-ae-f32c32-in-1.0": _dcae_10_config(_F32, [0, 4, 8, 2, 2, 2], [0, 5, 10, 2, 2, 2], 32, 0.3189),
+    "dc-ae-f64c128-in-1.0": _dcae_10_config(_F32 + [2048], [0, 4, 8, 2, 2, 2, 2], [0, 5, 10, 2, 2, 2, 2],
+                                            128, 0.2889),
+    "dc-ae-f128c512-in-1.0": _dcae_10_config(_F32 + [2048, 2048], [0, 4, 8, 2, 2, 2, 2, 2],
+                                             [0, 5, 10, 2, 2, 2, 2, 2], 512),
+    # NOTE: ours, not official: the 1.0 architecture at the classroom and test sizes
+    "dc-ae-f16c64-classroom-1.0": _dcae_10_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], [0, 1, 1, 2, 2], 64),
+    "dc-ae-tiny-1.0": _dcae_10_config([8, 16, 32, 32], [0, 1, 1, 1], [0, 1, 1, 1], 8),
+})
+for _name in ("f32c32", "f64c128", "f128c512"):
+    DCAE_CONFIGS[f"dc-ae-{_name}-mix-1.0"] = DCAEConfig.from_dict(
+        {**DCAE_CONFIGS[f"dc-ae-{_name}-in-1.0"].to_dict(), "scaling_factor": None})
+
+
 def build_dcae_config(name):
     if name not in DCAE_CONFIGS:
         raise ValueError(f"unknown autoencoder preset {name!r}; choose one of "
@@ -168,7 +206,9 @@ def build_norm(name, channels):
         return None
     if name == "trms2d":
         return RMSNorm2d(channels)
-    raise ValueError(f"unsupported norm {name!r}; this file implements 'trms2d' (channel RMSNorm)")
+    if name == "bn2d":  # DC-AE 1.0's decoder; its running statistics are used in eval mode
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"unsupported norm {name!r}; choose 'trms2d' (channel RMSNorm) or 'bn2d'")
 
 
 def build_act(name):
@@ -181,10 +221,11 @@ def build_act(name):
 class ConvLayer(nn.Module):
     """conv -> optional norm -> optional act; `conv` and `norm` named as in the official code."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None):
+    def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None,
+                 groups=1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                              bias=bias)
+                              bias=bias, groups=groups)
         self.norm = build_norm(norm, out_channels)
         self.act = build_act(act)
 
@@ -265,12 +306,13 @@ class ChannelAveragingDownsample(nn.Module):
     residual.
     """
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, factor=2):  # factor 1: a plain channel-group mean
         super().__init__()
-        self.group = in_channels * 4 // out_channels
+        self.factor = factor
+        self.group = in_channels * factor**2 // out_channels
 
-    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H/2, W/2)
-        x = F.pixel_unshuffle(x, 2)
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H/f, W/f)
+        x = F.pixel_unshuffle(x, self.factor)
         B, C, H, W = x.shape
         return x.view(B, C // self.group, self.group, H, W).mean(dim=2)
 
@@ -293,12 +335,13 @@ class ChannelDuplicatingUpsample(nn.Module):
     channel.
     """
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, factor=2):  # factor 1: repeat channels only
         super().__init__()
-        self.repeats = out_channels * 4 // in_channels
+        self.factor = factor
+        self.repeats = out_channels * factor**2 // in_channels
 
-    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, 2H, 2W)
-        return F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, f H, f W)
+        return F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), self.factor)
 
 
 class AdaptiveOutputConv(nn.Module):
@@ -330,6 +373,82 @@ class AdaptiveInputConv(nn.Module):
 
     def forward(self, z):  # (B, c', h, w) -> (B, Cout, h, w)
         return F.conv2d(z, self.conv.weight[:, : z.shape[1]], self.conv.bias, padding=1)
+
+
+class LiteMLA(nn.Module):
+    """DC-AE 1.0's attention (EfficientViT's "lightweight multi-scale linear attention"), here with one
+    scale: heads of 32 channels; q and k through ReLU, then softmax-free linear attention
+    out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n), which costs O(N) in the N = H W positions.
+
+    NOTE: the official code switches to the quadratic form of the same sum for N <= 32; it agrees to
+    rounding (~1e-7), so only the linear form is here. As official, autocast is off inside, fp16 is
+    computed in fp32 and bf16 matmuls are divided in fp32.
+    """
+
+    def __init__(self, channels, norm, dim=32, eps=1e-15):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.qkv = ConvLayer(channels, 3 * channels, 1, bias=False)
+        self.aggreg = nn.ModuleList()  # the multi-scale branches of EViTS5GLU; EViTGLU has none
+        self.proj = ConvLayer(channels, channels, 1, bias=False, norm=norm)
+
+    def forward(self, x):  # (B, C, H, W)
+        qkv = self.qkv(x)
+        B, _, H, W = qkv.shape
+        with torch.autocast(x.device.type, enabled=False):
+            dtype = qkv.dtype
+            qkv = qkv.float() if dtype == torch.float16 else qkv
+            # per head (head-major): channels [q 0:32 | k 32:64 | v 64:96] -> (B, heads, 32, N) each
+            q, k, v = qkv.reshape(B, -1, 3 * self.dim, H * W).split(self.dim, dim=2)
+            q, k = F.relu(q), F.relu(k)
+            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones: the last output row is the denominator
+            out = (v @ k.transpose(-1, -2)) @ q  # (B, heads, 33, N)
+            out = out.float()
+            out = (out[:, :, :-1] / (out[:, :, -1:] + self.eps)).to(dtype)
+        return self.proj(out.reshape(B, -1, H, W))
+
+
+class GLUMBConv(nn.Module):
+    """DC-AE 1.0's feed-forward: 1x1 conv to 2 x 4C (act), 3x3 depthwise conv, gate half x act(half),
+    1x1 conv back to C (norm)."""
+
+    def __init__(self, channels, norm, act, expand_ratio=4):
+        super().__init__()
+        mid = channels * expand_ratio
+        self.glu_act = build_act(act)
+        self.inverted_conv = ConvLayer(channels, 2 * mid, 1, bias=True, act=act)
+        self.depth_conv = ConvLayer(2 * mid, 2 * mid, 3, bias=True, groups=2 * mid)
+        self.point_conv = ConvLayer(mid, channels, 1, bias=False, norm=norm)
+
+    def forward(self, x):
+        x, gate = self.depth_conv(self.inverted_conv(x)).chunk(2, dim=1)
+        return self.point_conv(x * self.glu_act(gate))
+
+
+class EfficientViTBlock(nn.Module):
+    """DC-AE 1.0's "EViTGLU" block: x + LiteMLA(x), then x + GLUMBConv(x)."""
+
+    def __init__(self, channels, norm, act):
+        super().__init__()
+        self.context_module = ResidualBlock(LiteMLA(channels, norm), nn.Identity())
+        self.local_module = ResidualBlock(GLUMBConv(channels, norm, act), nn.Identity())
+
+    def forward(self, x):
+        return self.local_module(self.context_module(x))
+
+
+def build_block(block_type, channels, norm, act):
+    """One block of a stage: "ResBlock" (DC-AE 1.5, and 1.0's first stages) or "EViTGLU" (1.0)."""
+    if block_type == "ResBlock":
+        return ResidualBlock(ResBlock(channels, norm, act), nn.Identity())
+    if block_type == "EViTGLU":
+        return EfficientViTBlock(channels, norm, act)
+    raise ValueError(f"unsupported block type {block_type!r}; choose 'ResBlock' or 'EViTGLU'")
+
+
+def per_stage(value, i):
+    """A config value for stage i: the same name for every stage, or one per stage."""
+    return value[i] if isinstance(value, (tuple, list)) else value
 
 
 # ==================================================================================================
@@ -366,19 +485,29 @@ class Encoder(nn.Module):
         # but keeps the official stage indices (the f32 encoder's first keys are under stages.1).
         self.stages = nn.ModuleList()
         for i in range(len(w)):
-            ops = [ResidualBlock(ResBlock(w[i], e.norm, e.act), nn.Identity()) for _ in range(d[i])]
+            ops = [build_block(per_stage(e.block_type, i), w[i], per_stage(e.norm, i), e.act)
+                   for _ in range(d[i])]
             if i < len(w) - 1 and d[i] > 0:  # downsample at the end of every stage but the last
                 ops.append(ResidualBlock(ConvPixelUnshuffleDownsample(w[i], w[i + 1]),
                                          ChannelAveragingDownsample(w[i], w[i + 1])))
             self.stages.append(OpSequential(ops))
-        # DC-AE 1.5 drops 1.0's averaging shortcut here, so that the conv can be cut to c' outputs.
+        # DC-AE 1.5 drops 1.0's averaging shortcut here: latent channel k of the shortcut is the mean
+        # of a fixed group of features, which a partial latent cuts off with it.
         self.project_out = OpSequential([AdaptiveOutputConv(w[-1], cfg.latent_channels)])
+        if e.out_shortcut == "averaging":  # DC-AE 1.0 (keys encoder.project_out.main....)
+            self.project_out = ResidualBlock(self.project_out,
+                                             ChannelAveragingDownsample(w[-1], cfg.latent_channels, factor=1))
+        elif e.out_shortcut is not None:
+            raise ValueError(f"unsupported encoder out_shortcut {e.out_shortcut!r}; choose None or 'averaging'")
 
     def forward(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
         x = self.project_in(x)  # (B, width[1], H/2, W/2)
         for stage in self.stages:  # empty stages (depth 0) pass x through unchanged
             x = stage(x)
         # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f): the trunk runs once whatever c' is
+        if isinstance(self.project_out, ResidualBlock):  # 1.0: the first c' of conv + shortcut
+            out = self.project_out
+            return out.main.op_list[0](x, out_channels=latent_channels) + out.shortcut(x)[:, :latent_channels]
         return self.project_out.op_list[0](x, out_channels=latent_channels)
 
 
@@ -390,6 +519,12 @@ class Decoder(nn.Module):
         _check_lists(w, d, "decoder")
         # no shortcut in 1.5 (see Encoder)
         self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])
+        if dc.in_shortcut == "duplicating":  # DC-AE 1.0 (keys decoder.project_in.main....)
+            self.project_in = ResidualBlock(self.project_in,
+                                            ChannelDuplicatingUpsample(cfg.latent_channels, w[-1], factor=1))
+        elif dc.in_shortcut is not None:
+            raise ValueError(f"unsupported decoder in_shortcut {dc.in_shortcut!r}; choose None or 'duplicating'")
+        self.latent_channels = cfg.latent_channels
         # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
         self.stages = nn.ModuleList()
         for i in range(len(w)):
@@ -398,8 +533,8 @@ class Decoder(nn.Module):
             if i < len(w) - 1 and d[i] > 0:
                 ops.append(ResidualBlock(ConvPixelShuffleUpsample(w[i + 1], w[i]),
                                          ChannelDuplicatingUpsample(w[i + 1], w[i])))
-            ops += [ResidualBlock(ResBlock(w[i], dc.norm, dc.act), nn.Identity())
-                    for _ in range(d[i])]
+            ops += [build_block(per_stage(dc.block_type, i), w[i], per_stage(dc.norm, i),
+                                per_stage(dc.act, i)) for _ in range(d[i])]
             self.stages.append(OpSequential(ops))
         # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv.
         # With depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder
@@ -412,6 +547,8 @@ class Decoder(nn.Module):
         self.project_out = OpSequential([build_norm(dc.out_norm, c), build_act(dc.out_act), last])
 
     def forward(self, z):  # (B, c', h, w) -> (B, 3, H, W)
+        if isinstance(self.project_in, ResidualBlock) and z.shape[1] < self.latent_channels:
+            z = F.pad(z, (0, 0, 0, 0, 0, self.latent_channels - z.shape[1]))  # 1.0: zero-fill for the shortcut
         x = self.project_in(z)  # (B, width[-1], h, w); missing channels act as zeros
         for stage in reversed(self.stages):  # deepest stage first; stage i ends at H / 2^i
             x = stage(x)
