@@ -96,18 +96,19 @@ def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_c
     }
 
 
-def dit_checkpoint(cfg, model, ema, opt, step, args, rng, ae_info, latent_scale, num_classes,
+def dit_checkpoint(cfg, weights, step, args, rng, ae_info, latent_scale, num_classes,
                    aug_channel_choices, objective, class_names=None):
-    """The checkpoint train_dit.py writes; `ae_info` (from load_autoencoder) names its AE and
+    """The checkpoint train_dit.py writes; `weights` holds the whole "model", "ema" and "opt" state
+    dicts (trainer.whole_state_dicts), `ae_info` (from load_autoencoder) names its AE and
     `objective` ("ddpm" or "flow") says what the model predicts, hence how to sample it."""
     return {
         "kind": DIT_KIND,
-        "backbone": type(model).__name__,  # "DiT" or "UViT": which network `config` builds
+        "backbone": dcae15.BACKBONES[type(cfg)].__name__,  # "DiT" or "UViT": what `config` builds
         "objective": objective,
         "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),  # what sample.py and evaluate.py load
-        "opt": opt.state_dict(),
+        "model": weights["model"],
+        "ema": weights["ema"],  # what sample.py and evaluate.py load
+        "opt": weights["opt"],
         "step": step,
         "args": vars(args),
         "ae": ae_info,

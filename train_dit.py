@@ -208,13 +208,20 @@ class Training:
     model_ddp: Optional[torch.nn.Module] = None  # = model on one process
 
 
-def build_training(cfg, args, device):
+def build_training(cfg, args, device, resume_ckpt=None):
     """The DiT or U-ViT (by the config's type), its EMA copy, AdamW (no weight decay on biases and
-    norm weights, as official) and the objective."""
+    norm weights, as official) and the objective; with the checkpoint's weights and optimiser
+    state when resuming. --fsdp shards the model and its EMA, one block a unit."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = dcae15.build_backbone(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if resume_ckpt is not None:  # whole weights into the whole model, before any sharding
+        model.load_state_dict(resume_ckpt["model"])
+        ema.load_state_dict(resume_ckpt["ema"])
     model.set_grad_checkpointing(args.grad_checkpointing)
+    if args.fsdp:
+        for module in (model, ema):
+            trainer.fully_shard_blocks(module, (dcae15.DiTBlock, dcae15.UViTBlock), device)
     if args.compile:  # in place: the state dict keeps its keys, the EMA copy stays eager
         model.compile(backend=args.compile_backend)
 
@@ -226,6 +233,8 @@ def build_training(cfg, args, device):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.999))
+    if resume_ckpt is not None:
+        trainer.load_optimizer_state(model, opt, resume_ckpt["opt"], args.fsdp)
     return Training(model, ema, opt, dcae15.build_objective(args.objective))
 
 
@@ -276,6 +285,9 @@ def main(args):
 
     # ------------------------------------------------------------------ processes, data, latent cache
     rank, world, device = trainer.setup_processes(args)
+    if args.fsdp and world < 2:
+        raise ValueError("--fsdp shards the model over processes: launch with torchrun "
+                         "--nproc_per_node=N (N >= 2), or leave --fsdp out")
     master = rank == 0
     train_set = data.build_dataset(args.data, "train", args.image_size, args.data_path,
                                    args.data_seed, skip_bad=args.skip_bad_images)
@@ -290,11 +302,12 @@ def main(args):
     if resume_ckpt is not None:
         config = dcae15.backbone_config_from_dict(resume_ckpt["config"],
                                                   resume_ckpt.get("backbone", "DiT"))
-    state = build_training(config, args, device)
+    state = build_training(config, args, device, resume_ckpt)
     channel_gen = trainer.random_streams(args, rank)
-    step = trainer.restore(state, resume_ckpt, ["model", "ema", "opt"], rank, channel_gen)
+    step = trainer.restore(state, resume_ckpt, [], rank, channel_gen)  # the weights are in already
     ddp_ids = [device.index] if device.type == "cuda" else None
-    state.model_ddp = DDP(state.model, device_ids=ddp_ids) if world > 1 else state.model
+    use_ddp = world > 1 and not args.fsdp  # FSDP averages the gradients itself
+    state.model_ddp = DDP(state.model, device_ids=ddp_ids) if use_ddp else state.model
     sampler = iter(data.StepSampler(len(latents), args.batch_size, rank, world, args.seed, step))
     batches = latent_batches(latents, labels, sampler, args.batch_size // world, latent_scale, device)
 
@@ -309,20 +322,28 @@ def main(args):
     log.write(f"{'resuming at step ' + str(step) if step else 'training'} {args.model} "
               f"({n_params:.2f}M params) on {len(latents)} latents "
               f"{C}x{config.input_size}x{config.input_size} x {latent_scale:.4f}, objective "
-              f"{args.objective}, {augmentation}, {world} process(es) on {device}")
+              f"{args.objective}, {augmentation}, {world} process(es){' (FSDP)' if args.fsdp else ''} "
+              f"on {device}")
 
     def save(step, final=False, picture=True):
         """Checkpoint (rank 0 writes it atomically) and, with picture, the sample grid."""
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
+        weights = trainer.whole_state_dicts(state.model, state.ema, state.opt, args.fsdp)
         if not master:
             return
         class_names = data.SHAPE_CLASSES if args.data == "shapes" else None
-        ckpt = checkpoint.dit_checkpoint(config, state.model, state.ema, state.opt, step, args, rng,
-                                         ae_info, latent_scale, num_classes, choices, args.objective,
-                                         class_names)
+        ckpt = checkpoint.dit_checkpoint(config, weights, step, args, rng, ae_info, latent_scale,
+                                         num_classes, choices, args.objective, class_names)
         trainer.write_checkpoint(ckpt, args, step, final)
         if picture or final:
-            images = sample_grid(state.ema, ae, latent_scale, num_classes, 8, device, args.seed,
+            ema = state.ema
+            if args.fsdp:  # a whole copy on rank 0 for the grid (the sharded EMA runs on all ranks),
+                cuda = [device.index or 0] if device.type == "cuda" else []  # built without
+                with torch.random.fork_rng(devices=cuda), torch.device(device):  # using the streams
+                    ema = dcae15.build_backbone(config)
+                ema.load_state_dict(weights["ema"])
+                ema.eval()
+            images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
                                  args.objective, args.sample_steps, args.cfg_scale)
             common.save_grid(images, grid_path, ncol=8)
 
@@ -334,7 +355,7 @@ def main(args):
 
     step = trainer.train_loop(state, args, step, world, log, batches, draw_c_prime, train_step, save,
                               unit="latents")
-    n_ranks = common.check_ranks_in_sync(state.model)
+    n_ranks = 1 if args.fsdp else common.check_ranks_in_sync(state.model)  # FSDP: each has a shard
     save(step, final=True)
     done = f"wrote {last_path} and {grid_path}"
     if n_ranks > 1:
@@ -357,6 +378,10 @@ def build_parser():
                    choices=[*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS],
                    help=f"the diffusion model: a DiT ({', '.join(dcae15.DiT_CONFIGS)}) or a U-ViT "
                         f"({', '.join(dcae15.UVIT_CONFIGS)}; with the flow objective: USiT)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimiser state over the processes (FSDP2, one "
+                        "block a unit), for models whose optimiser state does not fit one card; "
+                        "checkpoints stay whole")
     p.add_argument("--patch-size", type=int, default=1,
                    help="patch size (1 for DC-AE latents, as official)")
     p.add_argument("--image-size", type=int, default=64,

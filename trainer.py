@@ -177,7 +177,8 @@ def keep_metrics_until(path, step):
 
 # Flags of run_parser that change how a run computes (its memory, speed, logging, when it gives up),
 # not what it computes: runs that differ only in them are the same run.
-HOW_ARGS = {"max_skipped_steps", "tensorboard", "grad_checkpointing", "compile", "compile_backend"}
+HOW_ARGS = {"max_skipped_steps", "tensorboard", "grad_checkpointing", "compile", "compile_backend",
+            "fsdp"}  # train_dit.py's
 # The flags of run_parser that a resumed run may set anew.
 RUN_FREE_ARGS = {"resume", "max_steps", "log_every", "sample_every", "save_every", "device",
                  "skip_bad_images"} | HOW_ARGS
@@ -263,9 +264,14 @@ def restore(state, ckpt, names, rank, channel_gen):
     return ckpt["step"]
 
 
+def local(t):
+    """A plain tensor: an FSDP DTensor's full value (a replicated gradient norm), else t itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def all_finite(*tensors):
     """True if every value of every tensor is finite, on every rank (one device sync)."""
-    ok = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all().double()
+    ok = torch.stack([torch.isfinite(local(t).detach()).all() for t in tensors]).all().double()
     return common.all_reduce_mean(ok.item()) == 1.0
 
 
@@ -281,7 +287,7 @@ def optimizer_step(opt, loss, params, max_norm=float("inf")):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = list(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if not all_finite(loss, grad_norm):
         opt.zero_grad(set_to_none=True)
         return grad_norm, False
@@ -300,6 +306,58 @@ def model_step(state, loss, params, step, args):
         decay = common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup)
         common.update_ema(state.ema, state.model, decay)
     return grad_norm, applied
+
+
+# --------------------------------------------------------------------------------------------------
+# FSDP (train_dit.py --fsdp): the weights, gradients and optimiser state sharded over the processes;
+# checkpoints hold them whole, in the same format as without FSDP.
+
+def fully_shard_blocks(model, block_types, device):
+    """Shard `model` over all processes with torch's FSDP2 `fully_shard`: each block (a module of
+    `block_types`) is one unit, gathered just before it runs and freed after; the rest is the root
+    unit. In place; the parameters become DTensors (create the optimiser afterwards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for block in [m for m in model.modules() if isinstance(m, block_types)]:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _param_names(model, opt):
+    """The names of the optimiser's parameters, in the order its state dict numbers them."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for group in opt.param_groups for p in group["params"]]
+
+
+def whole_state_dicts(model, ema, opt, fsdp):
+    """{"model", "ema", "opt"} state dicts, whole. Under FSDP the shards are gathered (every rank
+    must call this; rank 0 gets the tensors, on the CPU) and the optimiser's state is numbered as
+    torch numbers it without FSDP, so a checkpoint does not say how its run was trained."""
+    if not fsdp:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    osd = get_optimizer_state_dict(model, opt, options=whole)
+    index = {name: i for i, name in enumerate(_param_names(model, opt))}
+    osd = {"state": {index[n]: s for n, s in osd.get("state", {}).items()},
+           "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd.get("param_groups", [])]}
+    return {"model": get_model_state_dict(model, options=whole), "ema": get_model_state_dict(ema, options=whole),
+            "opt": osd}
+
+
+def load_optimizer_state(model, opt, osd, fsdp):
+    """opt.load_state_dict(osd) for a whole state dict, also into an FSDP-sharded optimiser."""
+    if not fsdp:
+        return opt.load_state_dict(osd)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = _param_names(model, opt)
+    osd = {"state": {names[i]: s for i, s in osd["state"].items()},
+           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+    set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
 def finish(log):

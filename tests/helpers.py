@@ -12,6 +12,7 @@ import importlib
 import io
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import warnings
@@ -48,6 +49,32 @@ def run_script(script, args, check=True):
     proc = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{script} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_processes(script, args, check=True):
+    """`torchrun --nproc_per_node=2 script args` on gloo, without torchrun's launcher process (it
+    costs seconds of imports): two Pythons with the variables torchrun sets, which is all the
+    scripts read. tests/test_train_ae.py keeps one real torchrun run. Returns rank 0's
+    CompletedProcess (returncode: the first non-zero of both)."""
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args), "--device", "cpu"],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    proc = subprocess.CompletedProcess([script, *args], code, outs[0][0], outs[0][1] + outs[1][1])
+    if check and code != 0:
+        raise AssertionError(f"{script} on 2 processes failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -70,17 +70,13 @@ def test_corrupt_files_give_one_line_errors(tmp_path, tiny_ae):
 
 
 def test_scripts_report_a_truncated_checkpoint_in_one_line(tmp_path):
-    import subprocess
-    import sys
+    from helpers import run_script
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"PK\x03\x04 half a zip file")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for script, args in (("sample.py", ["--ckpt", str(bad)]),
                          ("train_dit.py", ["--ae-ckpt", str(bad), "--out", str(tmp_path / "dit")])):
-        proc = subprocess.run([sys.executable, os.path.join(root, script), *args], capture_output=True,
-                              text=True, cwd=root, env=env, timeout=120)
+        proc = run_script(script, args, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and str(bad) in lines[0] and "truncated or corrupt" in lines[0], lines

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dcae15
-from helpers import run_script
+from helpers import run_script, two_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
@@ -18,6 +18,8 @@ TINY = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--p
 def run(args, launcher=None, check=True):
     if launcher is None:  # python train_ae.py ...
         return run_script("train_ae.py", args, check)
+    if launcher == "two":  # two processes as torchrun starts them, without its launcher (helpers)
+        return two_processes("train_ae.py", args, check)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     # torchrun here means two gloo processes, also on a machine with one GPU
     proc = subprocess.run([*launcher, os.path.join(ROOT, "train_ae.py"), *args, "--device", "cpu"],
@@ -151,7 +153,8 @@ def test_several_c_per_step_resume_exactly(tmp_path):
 
 
 def test_two_process_gloo_ddp_with_several_c_per_step(tmp_path):
-    """Every layer trains under DDP, with the GAN from step 2 and three c' per step (three decoder passes
+    """torchrun itself (the other multi-process tests start the two ranks without its launcher). Every
+    layer trains under DDP, with the GAN from step 2 and three c' per step (three decoder passes
     before one backward); the head-only phase under DDP is tested below."""
     out = str(tmp_path / "ddp")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -214,9 +217,8 @@ def test_a_phase_resumes_exactly_and_runs_under_two_process_gloo(tmp_path):
     for part in ("model", "ema", "disc"):
         for k in straight[part]:
             assert torch.equal(straight[part][k], resumed[part][k]), (part, k)
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     # the head under DDP with the GAN and its adaptive weight (gradients taken before backward)
-    proc, start, ddp = phase_run(tmp_path, "head", ["--gan-adaptive-weight"], name="ddp", launcher=launcher)
+    proc, start, ddp = phase_run(tmp_path, "head", ["--gan-adaptive-weight"], name="ddp", launcher="two")
     assert "DDP check: weights identical on all 2 ranks" in proc.stdout and "gan_scale" in proc.stdout
     frozen = [k for k in start if k.startswith("encoder.project_in.")]  # outside the head
     assert frozen and all(torch.equal(ddp["model"][k], start[k]) for k in frozen)
