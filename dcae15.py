@@ -1243,9 +1243,6 @@ class UViT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def blocks(self):  # in order of computation
-        return [*self.in_blocks, self.mid_block, *self.out_blocks]
-
     def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> v or eps: (B, C, H, W)
         B, C, H, W = x.shape
         x = self.patch_embed(x)  # (B, N, D)

@@ -3,7 +3,7 @@
 # 1.0 of 500 steps each; on the 1.5 AE an augmented DiT-classroom and an augmented UViT-classroom (1.88 M and
 # 1.93 M parameters), on the 1.0 AE a plain DiT-classroom, 1200 steps each; reconstructions per c' of both
 # AEs and the class judge on each diffusion model.
-#   bash experiments/backbones.sh             # in runs/backbones (about 50 min on 2 cores)
+#   bash experiments/backbones.sh             # in runs/backbones (about 30 min on 2 cores)
 #   DRY_RUN=1 bash experiments/backbones.sh   # print the commands
 source "$(dirname "$0")/lib.sh"
 R=$RUNS/backbones

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (RESULTS.md, "Speed"): on a CUDA machine, in about 8 minutes, one table of what works
 # and how fast. The test suite on CUDA (every failure named), each script once under torchrun at tiny
-# size with bf16 (the AE with its GAN phase, the DiT with both objectives, sample.py --npz,
-# evaluate.py recon and fid with random Inception weights), then bench.py at paper scale: eager, with
-# --compile and with --grad-checkpointing (items/s, TFLOP/s, peak GPU memory).
+# size with bf16 (the AE with its GAN phase, the DiT with both objectives, a U-ViT, a DC-AE 1.0,
+# sample.py --npz, evaluate.py recon and fid with random Inception weights), then bench.py at paper
+# scale: eager, with --compile and with --grad-checkpointing (items/s, TFLOP/s, peak GPU memory).
 #   bash experiments/gpu_check.sh             # in runs/gpu_check/, prints the table at the end
 #   DRY_RUN=1 bash experiments/gpu_check.sh   # print the commands
 source "$(dirname "$0")/lib.sh"
@@ -31,6 +31,9 @@ check train_ae_gan 120 "${T1[@]}" train_ae.py "${TINY_AE[@]}" --max-steps 20 --g
 check train_dit_flow 120 "${T1[@]}" train_dit.py --ae-ckpt $R/ae/last.pt "${TINY_DIT[@]}" --out $R/dit-flow
 check train_dit_ddpm 120 "${T1[@]}" train_dit.py --ae-ckpt $R/ae/last.pt "${TINY_DIT[@]}" --objective ddpm \
     --out $R/dit-ddpm
+check train_uvit_flow 120 "${T1[@]}" train_dit.py --ae-ckpt $R/ae/last.pt "${TINY_DIT[@]}" --model UViT-tiny \
+    --out $R/uvit-flow
+check train_ae_10 120 "${T1[@]}" train_ae.py "${TINY_AE[@]}" --model dc-ae-tiny-1.0 --max-steps 20 --out $R/ae-10
 check sample_npz 120 "${T1[@]}" sample.py --ckpt $R/dit-flow/last.pt --num-samples 64 --steps 4 --npz $R/samples.npz
 check evaluate_recon 120 "${T1[@]}" evaluate.py recon --ae-ckpt $R/ae/last.pt --image-size 32 --num-images 64 \
     --lpips off --fid off

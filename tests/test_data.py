@@ -131,21 +131,20 @@ def test_a_bad_image_stops_training_with_one_line_naming_it_or_is_skipped(tmp_pa
             "--image-size", "16", "--batch-size", "9", "--max-steps", "1", "--perceptual", "off",
             "--num-workers", workers, "--out", str(tmp_path / "run")]
 
-    def train(*more):
-        if workers == "0":  # in this process
-            return run_script("train_ae.py", [*args, *more], check=False)
-        # a real process: what a data loader worker writes to stderr is part of what the user sees
-        return subprocess.run([sys.executable, os.path.join(ROOT, "train_ae.py"), *args, *more],
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              timeout=300)
-
-    proc = train()
+    skip = ["--skip-bad-images", "--out", str(tmp_path / "skip")]
+    if workers == "0":  # in this process
+        proc, skipped = [run_script("train_ae.py", [*args, *more], check=False) for more in ([], skip)]
+    else:  # real processes (both at once): what a data loader worker writes to stderr is what the user sees
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train_ae.py"), *args, *more],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}) for more in ([], skip)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        proc, skipped = [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outs)]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()  # one line, from a worker process too
     assert line.startswith(f"train_ae.py: error: cannot read image {bad} (") and "--skip-bad-images" in line, line
-    proc = train("--skip-bad-images", "--out", str(tmp_path / "skip"))
-    assert proc.returncode == 0, proc.stderr
-    assert f"warning: skipped unreadable image {bad}" in proc.stderr
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"warning: skipped unreadable image {bad}" in skipped.stderr
 
 
 def test_skipped_image_is_replaced_by_the_next_readable_one(tmp_path):

@@ -39,10 +39,10 @@ def test_ae_with_checkpointing_has_the_same_loss_and_gradients(c_prime):
         assert torch.equal(ae.set_grad_checkpointing(False)(x)[0], ae.set_grad_checkpointing(True)(x)[0])
 
 
-@pytest.mark.parametrize("objective", ["flow", "ddpm"])
-def test_dit_with_checkpointing_has_the_same_augmented_loss_and_gradients(objective):
+@pytest.mark.parametrize("objective,preset", [("flow", "DiT-tiny"), ("ddpm", "DiT-tiny"), ("flow", "UViT-tiny")])
+def test_dit_with_checkpointing_has_the_same_augmented_loss_and_gradients(objective, preset):
     torch.manual_seed(0)
-    dit = dcae15.DiT(dcae15.build_dit_config("DiT-tiny", input_size=4, in_channels=8, num_classes=10))
+    dit = dcae15.build_backbone(dcae15.build_backbone_config(preset, input_size=4, in_channels=8, num_classes=10))
     diffusion = dcae15.build_objective(objective)
     x, y = torch.randn(4, 8, 4, 4), torch.tensor([0, 1, 2, 10])
 
