@@ -138,29 +138,35 @@ DCAE_CONFIGS = {
 
 
 def _dcae_10_config(width_list, enc_depth, dec_depth, latent_channels, scaling_factor=None):
-    """DC-AE 1.0 (DC-Gen `dc_ae_f32c32` / `dc_ae_f64c128` / `dc_ae_f128c512`): ResBlocks in the first
-    three stages, EfficientViT blocks in the deep ones; BatchNorm + ReLU in the decoder's shallow
-    stages; the shortcuts around the encoder's last and the decoder's first conv; ReLU at the end."""
+    """DC-AE 1.0 (DC-Gen `dc_ae_f32c32` / `dc_ae_f64c128` / `dc_ae_f128c512`): ResBlocks in the
+    first three stages, EfficientViT blocks in the deep ones; BatchNorm + ReLU in the decoder's
+    shallow stages; the shortcuts around the encoder's last and the decoder's first conv; ReLU at
+    the end."""
     n = len(width_list)
     blocks = ("ResBlock",) * 3 + ("EViTGLU",) * (n - 3)
-    enc = EncoderConfig(tuple(width_list), tuple(enc_depth), block_type=blocks, out_shortcut="averaging")
+    enc = EncoderConfig(tuple(width_list), tuple(enc_depth), block_type=blocks,
+                        out_shortcut="averaging")
     dec = DecoderConfig(tuple(width_list), tuple(dec_depth), block_type=blocks,
-                        norm=("bn2d",) * 3 + ("trms2d",) * (n - 3), act=("relu",) * 3 + ("silu",) * (n - 3),
+                        norm=("bn2d",) * 3 + ("trms2d",) * (n - 3),
+                        act=("relu",) * 3 + ("silu",) * (n - 3),
                         out_act="relu", in_shortcut="duplicating")
-    return DCAEConfig(latent_channels=latent_channels, scaling_factor=scaling_factor, encoder=enc, decoder=dec)
+    return DCAEConfig(latent_channels=latent_channels, scaling_factor=scaling_factor,
+                      encoder=enc, decoder=dec)
 
 
 # DC-AE 1.0, the paper's baseline; the "-mix-1.0" models share these architectures.
 _F32 = [128, 256, 512, 512, 1024, 1024]
 DCAE_CONFIGS.update({
     # the scaling factors the official code pairs with the ImageNet weights
-    "dc-ae-f32c32-in-1.0": _dcae_10_config(_F32, [0, 4, 8, 2, 2, 2], [0, 5, 10, 2, 2, 2], 32, 0.3189),
-    "dc-ae-f64c128-in-1.0": _dcae_10_config(_F32 + [2048], [0, 4, 8, 2, 2, 2, 2], [0, 5, 10, 2, 2, 2, 2],
-                                            128, 0.2889),
+    "dc-ae-f32c32-in-1.0": _dcae_10_config(_F32, [0, 4, 8, 2, 2, 2], [0, 5, 10, 2, 2, 2], 32,
+                                           0.3189),
+    "dc-ae-f64c128-in-1.0": _dcae_10_config(_F32 + [2048], [0, 4, 8, 2, 2, 2, 2],
+                                            [0, 5, 10, 2, 2, 2, 2], 128, 0.2889),
     "dc-ae-f128c512-in-1.0": _dcae_10_config(_F32 + [2048, 2048], [0, 4, 8, 2, 2, 2, 2, 2],
                                              [0, 5, 10, 2, 2, 2, 2, 2], 512),
     # NOTE: ours, not official: the 1.0 architecture at the classroom and test sizes
-    "dc-ae-f16c64-classroom-1.0": _dcae_10_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], [0, 1, 1, 2, 2], 64),
+    "dc-ae-f16c64-classroom-1.0": _dcae_10_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2],
+                                                  [0, 1, 1, 2, 2], 64),
     "dc-ae-tiny-1.0": _dcae_10_config([8, 16, 32, 32], [0, 1, 1, 1], [0, 1, 1, 1], 8),
 })
 for _name in ("f32c32", "f64c128", "f128c512"):
@@ -376,8 +382,8 @@ class AdaptiveInputConv(nn.Module):
 
 
 class LiteMLA(nn.Module):
-    """DC-AE 1.0's attention (EfficientViT's "lightweight multi-scale linear attention"), here with one
-    scale: heads of 32 channels; q and k through ReLU, then softmax-free linear attention
+    """DC-AE 1.0's attention (EfficientViT's "lightweight multi-scale linear attention"), here with
+    one scale: heads of 32 channels; q and k through ReLU, then softmax-free linear attention
     out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n), which costs O(N) in the N = H W positions.
 
     NOTE: the official code switches to the quadratic form of the same sum for N <= 32; it agrees to
@@ -401,7 +407,7 @@ class LiteMLA(nn.Module):
             # per head (head-major): channels [q 0:32 | k 32:64 | v 64:96] -> (B, heads, 32, N) each
             q, k, v = qkv.reshape(B, -1, 3 * self.dim, H * W).split(self.dim, dim=2)
             q, k = F.relu(q), F.relu(k)
-            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones: the last output row is the denominator
+            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones: the last output row is the sum
             out = (v @ k.transpose(-1, -2)) @ q  # (B, heads, 33, N)
             out = out.float()
             out = (out[:, :, :-1] / (out[:, :, -1:] + self.eps)).to(dtype)
@@ -409,8 +415,8 @@ class LiteMLA(nn.Module):
 
 
 class GLUMBConv(nn.Module):
-    """DC-AE 1.0's feed-forward: 1x1 conv to 2 x 4C (act), 3x3 depthwise conv, gate half x act(half),
-    1x1 conv back to C (norm)."""
+    """DC-AE 1.0's feed-forward: 1x1 conv to 2 x 4C (act), 3x3 depthwise conv, gate
+    half x act(half), 1x1 conv back to C (norm)."""
 
     def __init__(self, channels, norm, act, expand_ratio=4):
         super().__init__()
@@ -491,14 +497,15 @@ class Encoder(nn.Module):
                 ops.append(ResidualBlock(ConvPixelUnshuffleDownsample(w[i], w[i + 1]),
                                          ChannelAveragingDownsample(w[i], w[i + 1])))
             self.stages.append(OpSequential(ops))
-        # DC-AE 1.5 drops 1.0's averaging shortcut here: latent channel k of the shortcut is the mean
-        # of a fixed group of features, which a partial latent cuts off with it.
+        # DC-AE 1.5 drops 1.0's averaging shortcut here: latent channel k of the shortcut is the
+        # mean of a fixed group of features, which a partial latent cuts off with it.
         self.project_out = OpSequential([AdaptiveOutputConv(w[-1], cfg.latent_channels)])
         if e.out_shortcut == "averaging":  # DC-AE 1.0 (keys encoder.project_out.main....)
-            self.project_out = ResidualBlock(self.project_out,
-                                             ChannelAveragingDownsample(w[-1], cfg.latent_channels, factor=1))
+            shortcut = ChannelAveragingDownsample(w[-1], cfg.latent_channels, factor=1)
+            self.project_out = ResidualBlock(self.project_out, shortcut)
         elif e.out_shortcut is not None:
-            raise ValueError(f"unsupported encoder out_shortcut {e.out_shortcut!r}; choose None or 'averaging'")
+            raise ValueError(f"unsupported encoder out_shortcut {e.out_shortcut!r}; choose None or "
+                             f"'averaging'")
 
     def forward(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
         x = self.project_in(x)  # (B, width[1], H/2, W/2)
@@ -507,7 +514,8 @@ class Encoder(nn.Module):
         # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f): the trunk runs once whatever c' is
         if isinstance(self.project_out, ResidualBlock):  # 1.0: the first c' of conv + shortcut
             out = self.project_out
-            return out.main.op_list[0](x, out_channels=latent_channels) + out.shortcut(x)[:, :latent_channels]
+            z = out.main.op_list[0](x, out_channels=latent_channels)
+            return z + out.shortcut(x)[:, :latent_channels]
         return self.project_out.op_list[0](x, out_channels=latent_channels)
 
 
@@ -520,10 +528,11 @@ class Decoder(nn.Module):
         # no shortcut in 1.5 (see Encoder)
         self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])
         if dc.in_shortcut == "duplicating":  # DC-AE 1.0 (keys decoder.project_in.main....)
-            self.project_in = ResidualBlock(self.project_in,
-                                            ChannelDuplicatingUpsample(cfg.latent_channels, w[-1], factor=1))
+            shortcut = ChannelDuplicatingUpsample(cfg.latent_channels, w[-1], factor=1)
+            self.project_in = ResidualBlock(self.project_in, shortcut)
         elif dc.in_shortcut is not None:
-            raise ValueError(f"unsupported decoder in_shortcut {dc.in_shortcut!r}; choose None or 'duplicating'")
+            raise ValueError(f"unsupported decoder in_shortcut {dc.in_shortcut!r}; choose None or "
+                             f"'duplicating'")
         self.latent_channels = cfg.latent_channels
         # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
         self.stages = nn.ModuleList()
@@ -548,7 +557,8 @@ class Decoder(nn.Module):
 
     def forward(self, z):  # (B, c', h, w) -> (B, 3, H, W)
         if isinstance(self.project_in, ResidualBlock) and z.shape[1] < self.latent_channels:
-            z = F.pad(z, (0, 0, 0, 0, 0, self.latent_channels - z.shape[1]))  # 1.0: zero-fill for the shortcut
+            # DC-AE 1.0: zero-fill to c channels for the shortcut (the conv would take c' as they are)
+            z = F.pad(z, (0, 0, 0, 0, 0, self.latent_channels - z.shape[1]))
         x = self.project_in(z)  # (B, width[-1], h, w); missing channels act as zeros
         for stage in reversed(self.stages):  # deepest stage first; stage i ends at H / 2^i
             x = stage(x)
@@ -1129,8 +1139,8 @@ class DiT(nn.Module):
 # ==================================================================================================
 #
 # USiT = this backbone trained with the flow objective ("flow" below), as the official DC-AE 1.5
-# models `dc-ae-f64c128-1.5-usit-{2b,3b}-in-512px` are. Everything is a token: [label, time, patches],
-# pre-LN transformer blocks, and long skips from the first half of the blocks to the second.
+# models `dc-ae-f64c128-1.5-usit-{2b,3b}-in-512px` are. Everything is a token: [label, time,
+# patches], pre-LN transformer blocks, and long skips from the first half of the blocks to the second.
 
 
 class UViTConfig(DiTConfig):
@@ -1143,7 +1153,7 @@ UVIT_CONFIGS = {  # the official sizes (DC-Gen `uvit.py` zoo); patch 1 always
     "UViT-H": dict(depth=28, hidden_size=1152, num_heads=16),
     "UViT-2B": dict(depth=28, hidden_size=2048, num_heads=32),
     "UViT-3B": dict(depth=56, hidden_size=2048, num_heads=32),
-    # NOTE: ours, not official: DiT-classroom's width and about its parameters (1.9 M), and a test size.
+    # NOTE: ours, not official: DiT-classroom's width and about its parameters (1.9 M); a test size.
     "UViT-classroom": dict(depth=8, hidden_size=128, num_heads=4),
     "UViT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
 }

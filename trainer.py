@@ -344,9 +344,10 @@ def whole_state_dicts(model, ema, opt, fsdp):
     osd = get_optimizer_state_dict(model, opt, options=whole)
     index = {name: i for i, name in enumerate(_param_names(model, opt))}
     osd = {"state": {index[n]: s for n, s in osd.get("state", {}).items()},
-           "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd.get("param_groups", [])]}
-    return {"model": get_model_state_dict(model, options=whole), "ema": get_model_state_dict(ema, options=whole),
-            "opt": osd}
+           "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                            for g in osd.get("param_groups", [])]}
+    return {"model": get_model_state_dict(model, options=whole),
+            "ema": get_model_state_dict(ema, options=whole), "opt": osd}
 
 
 def load_optimizer_state(model, opt, osd, fsdp):
@@ -356,7 +357,8 @@ def load_optimizer_state(model, opt, osd, fsdp):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     names = _param_names(model, opt)
     osd = {"state": {names[i]: s for i, s in osd["state"].items()},
-           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+           "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                            for g in osd["param_groups"]]}
     set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
