@@ -1108,7 +1108,8 @@ class DiT(nn.Module):
         p, C = self.cfg.patch_size, self.cfg.in_channels
         h = w = self.cfg.input_size // p
         x = x.view(x.shape[0], h, w, p, p, C)
-        return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], C, h * p, w * p)
+        # contiguous: a new tensor, not a view of the head's output (FSDP warns about views)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], C, h * p, w * p).contiguous()
 
     def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps or v: (B, C, H, W)
         # patchify: a p x p conv with stride p turns each patch into one token; N = (H/p) * (W/p)
@@ -1270,7 +1271,7 @@ class UViT(nn.Module):
         x = self.decoder_pred(self.norm(x))[:, 2:]  # drop the label and time tokens
         p = self.cfg.patch_size  # tokens (h w) with features (p1 p2 C), the official order
         x = x.reshape(B, H // p, W // p, p, p, C)
-        return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, H, W)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, H, W).contiguous()  # as DiT's
 
     def set_grad_checkpointing(self, enable=True):
         """Activation checkpointing, one block at a time (official `enable_activation_checkpointing`
