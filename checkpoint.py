@@ -193,6 +193,16 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
     return ae.eval().requires_grad_(False), float(scale), info
 
 
+def dit_config(ckpt):
+    """The config of the network a train_dit.py checkpoint holds, of the type that builds it: its
+    "backbone" names the network ("DiT" or "UViT"; checkpoints written before the U-ViT: a DiT)."""
+    kinds = {model.__name__: config for config, model in dcae15.BACKBONES.items()}
+    backbone = ckpt.get("backbone", "DiT")
+    if backbone not in kinds:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(kinds)}")
+    return kinds[backbone].from_dict(ckpt["config"])
+
+
 def load_dit(path, ae_path=None):
     """A train_dit.py checkpoint, ready to sample: (EMA DiT or U-ViT in eval mode, its AE, the
     checkpoint).
@@ -208,9 +218,7 @@ def load_dit(path, ae_path=None):
             what = "an autoencoder checkpoint (train_ae.py)"
         raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
     ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
-    # checkpoints written before the U-ViT existed hold a DiT
-    config = dcae15.backbone_config_from_dict(ckpt["config"], ckpt.get("backbone", "DiT"))
-    model = dcae15.build_backbone(config)
+    model = dcae15.build_backbone(dit_config(ckpt))
     # a state dict of a torch.compile'd (or DDP) model has its keys under "_orig_mod." ("module.")
     ema = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["ema"].items()}
     model.load_state_dict(ema, strict=True)

@@ -1259,19 +1259,20 @@ class UViT(nn.Module):
         x = self.patch_embed(x)  # (B, N, D)
         time = timestep_embedding(t, self.cfg.hidden_size).to(x.dtype)[:, None]  # (B, 1, D)
         x = torch.cat([self.label_emb(y)[:, None].to(x.dtype), time, x], dim=1) + self.pos_embed
-        run = (lambda block, *a: checkpointed(block, *a)) if self.grad_checkpointing else \
-            (lambda block, *a: block(*a))
         skips = []
         for block in self.in_blocks:
-            x = run(block, x)
+            x = self.run_block(block, x)
             skips.append(x)
-        x = run(self.mid_block, x)
+        x = self.run_block(self.mid_block, x)
         for block in self.out_blocks:  # the last in-block's output goes to the first out-block
-            x = run(block, x, skips.pop())
+            x = self.run_block(block, x, skips.pop())
         x = self.decoder_pred(self.norm(x))[:, 2:]  # drop the label and time tokens
         p = self.cfg.patch_size  # tokens (h w) with features (p1 p2 C), the official order
         x = x.reshape(B, H // p, W // p, p, p, C)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, H, W).contiguous()  # as DiT's
+
+    def run_block(self, block, *inputs):
+        return checkpointed(block, *inputs) if self.grad_checkpointing else block(*inputs)
 
     def set_grad_checkpointing(self, enable=True):
         """Activation checkpointing, one block at a time (official `enable_activation_checkpointing`
@@ -1298,24 +1299,6 @@ def build_backbone_config(name, **kwargs):
 def build_backbone(cfg):
     """DiT(cfg) or UViT(cfg), by the config's type."""
     return BACKBONES[type(cfg)](cfg)
-
-
-def backbone_config_from_dict(d, backbone="DiT"):
-    """A config saved with to_dict(), as the network named `backbone` ("DiT" or "UViT") takes it."""
-    kinds = {model.__name__: config for config, model in BACKBONES.items()}
-    if backbone not in kinds:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(kinds)}")
-    return kinds[backbone].from_dict(d)
-
-
-def backbone_state_dict(state_dict):
-    """The network's weights from an official DC-Gen diffusion file's content: an FSDP / trainer
-    checkpoint {"ema": {name: state_dict}} (the first EMA, as the official loader takes it), or a
-    Hugging Face file whose keys carry "diffusion_model." (NOTE: that prefix is inferred from the
-    official wrapper class, not seen in a real file)."""
-    if isinstance(state_dict.get("ema"), dict):
-        state_dict = next(iter(state_dict["ema"].values()))
-    return {k.removeprefix("diffusion_model."): v for k, v in state_dict.items()}
 
 
 # ==================================================================================================
@@ -1603,6 +1586,16 @@ def autoencoder_state_dict(state_dict):
     discriminator, training state) are dropped, as the official loader does."""
     sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     return {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+
+
+def backbone_state_dict(state_dict):
+    """The network's weights from an official DC-Gen diffusion file's content: an FSDP / trainer
+    checkpoint {"ema": {name: state_dict}} (the first EMA, as the official loader takes it), or a
+    Hugging Face file whose keys carry "diffusion_model." (NOTE: that prefix is inferred from the
+    official wrapper class, not seen in a real file)."""
+    if isinstance(state_dict.get("ema"), dict):
+        state_dict = next(iter(state_dict["ema"].values()))
+    return {k.removeprefix("diffusion_model."): v for k, v in state_dict.items()}
 
 
 def load_official_dcae(path, name):

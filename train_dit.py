@@ -300,8 +300,7 @@ def main(args):
     config = dcae15.build_backbone_config(args.model, input_size=h, in_channels=C,
                                           num_classes=num_classes, patch_size=args.patch_size)
     if resume_ckpt is not None:
-        config = dcae15.backbone_config_from_dict(resume_ckpt["config"],
-                                                  resume_ckpt.get("backbone", "DiT"))
+        config = checkpoint.dit_config(resume_ckpt)
     state = build_training(config, args, device, resume_ckpt)
     channel_gen = trainer.random_streams(args, rank)
     step = trainer.restore(state, resume_ckpt, [], rank, channel_gen)  # the weights are in already
