@@ -261,8 +261,10 @@ def main(args):
         rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return None
-        # a quick look for periodic saves, the full report at the end
-        report, scale = validate(state.ema, val_set, choices, device, num_images=256 if final else 64)
+        # a quick look for periodic saves; the full report at the end and in a step_NNNNNNN.pt,
+        # so that a step file is what a run that ended at that step writes, latent scale and all
+        full = final or (args.save_every and step % args.save_every == 0)
+        report, scale = validate(state.ema, val_set, choices, device, num_images=256 if full else 64)
         ckpt = checkpoint.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
                                         choices, report, state.disc, state.opt_disc)
         trainer.write_checkpoint(ckpt, args, step, final)

@@ -51,17 +51,19 @@ def test_tiny_run_writes_checkpoint_and_picture(tmp_path):
 
 
 def test_save_every_keeps_steps_between_pictures_and_leaves_the_run_unchanged(tmp_path):
-    """--save-every is independent of --sample-every, and keeping files does not perturb training."""
+    """--save-every is independent of --sample-every, keeping files does not perturb training, and
+    step N of a longer run is the checkpoint of a run of N steps (weights, latent scale, PSNR)."""
     kept, plain = str(tmp_path / "kept"), str(tmp_path / "plain")
     run([*TINY, "--max-steps", "5", "--out", kept, "--save-every", "2", "--sample-every", "100"])
-    run([*TINY, "--max-steps", "5", "--out", plain, "--sample-every", "100"])
+    run([*TINY, "--max-steps", "4", "--out", plain, "--sample-every", "100"])
     assert sorted(f for f in os.listdir(kept) if f.startswith("step_")) == [
         "step_0000002.pt", "step_0000004.pt", "step_0000005.pt"]
-    a = torch.load(os.path.join(kept, "last.pt"), weights_only=True)
+    a = torch.load(os.path.join(kept, "step_0000004.pt"), weights_only=True)
     b = torch.load(os.path.join(plain, "last.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 4
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
-    assert torch.load(os.path.join(kept, "step_0000004.pt"), weights_only=True)["step"] == 4
+    assert a["latent_scale"] == b["latent_scale"] and a["val_psnr"] == b["val_psnr"]
 
 
 def test_progress_redirected_to_a_file_is_a_few_lines_not_one_per_step(tmp_path):
