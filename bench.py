@@ -117,6 +117,60 @@ def activation_memory():
     return results
 
 
+def coding_memory(args, device):
+    """Peak memory of one encode or decode (--coding-memory) of a batch at --image-size, whole or
+    in --tile-size tiles, above what the model and its input already hold: CUDA's allocator peak,
+    or on the CPU the process's peak resident memory, reset first where Linux allows it. One
+    measurement a process: the CPU's peak cannot always be reset."""
+    cfg = dcae15.build_dcae_config(args.ae)
+    cfg.check_image_size(args.image_size, "--image-size")
+    ae = dcae15.DCAE(cfg).to(device).eval().set_tiling(args.tile_size or None)
+    f, size = ae.spatial_compression_ratio, args.image_size
+    shape = (args.batch_size, 3, size, size) if args.coding_memory == "encode" else \
+        (args.batch_size, cfg.latent_channels, size // f, size // f)
+    inputs = torch.randn(shape, device=device)
+    fn = ae.encode if args.coding_memory == "encode" else ae.decode
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        common.release_free_memory()
+        before = resident_bytes(reset_peak=True)
+    with torch.no_grad():
+        out = fn(inputs)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        peak = peak_resident_bytes() - before
+    tiles = f"{args.tile_size} px tiles" if ae.tiling and size > args.tile_size else "whole"
+    print(f"{args.coding_memory} {args.ae}, {args.batch_size} x {size} px, {tiles}: peak "
+          f"{peak / 2**20:.0f} MiB above the model and its input (the output itself: "
+          f"{out.numel() * out.element_size() / 2**20:.0f} MiB)")
+    return {"peak_bytes": peak, "output_bytes": out.numel() * out.element_size()}
+
+
+def resident_bytes(reset_peak=False):
+    """This process's resident memory now (Linux; elsewhere its peak so far); with reset_peak, the
+    peak is set to it first (Linux's /proc/self/clear_refs)."""
+    try:
+        if reset_peak:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return peak_resident_bytes()
+
+
+def peak_resident_bytes():
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
 def build_pieces(args, device):
     """{name: (function doing one iteration, items per iteration, unit)}."""
     autocast = dcae15.autocast(device)
@@ -196,6 +250,8 @@ def main(args):
         return activation_memory()
     common.check_positive(args, ("batch_size", "iters", "sample_steps"))
     _, _, device = common.setup_distributed(args.device)
+    if args.coding_memory:
+        return coding_memory(args, device)
     pieces = build_pieces(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
@@ -244,6 +300,11 @@ def build_parser():
                         "scale (f32c128 at 256 px, f64c128 at 512 px, DiT-XL), with and without "
                         "checkpointing, and the largest batch for an 80 GB card (meta device, no "
                         "memory needed)")
+    p.add_argument("--coding-memory", default=None, choices=["encode", "decode"],
+                   help="instead of timing: the peak memory of one encode or decode of a batch at "
+                        "--image-size (random weights), whole or tiled (--tile-size)")
+    p.add_argument("--tile-size", type=int, default=0,
+                   help="with --coding-memory: code in tiles of this many pixels (0: whole)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 

@@ -565,6 +565,55 @@ class Decoder(nn.Module):
         return self.project_out(x)
 
 
+def tile_starts(size, tile, overlap):
+    """Where the tiles of `tile` cells start along an axis of `size` cells: they cover it, spread
+    evenly from 0 to size - tile, and neighbours overlap by at least `overlap` cells."""
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))  # the fewest tiles that overlap enough
+    return [round(k * (size - tile) / (n - 1)) for k in range(n)]
+
+
+def blend_weights(start, length, size, ramp):
+    """A tile's weight along one axis: 1, falling linearly towards 0 over the `ramp` cells at each
+    side that has a neighbour (not at the image's border). Where two tiles overlap by `ramp`, their
+    weights sum to 1: a linear cross-fade from one to the other."""
+    w = torch.ones(length)
+    if ramp > 0:
+        r = (torch.arange(ramp) + 0.5) / ramp  # 1/(2 ramp) ... 1 - 1/(2 ramp): never 0
+        if start > 0:
+            w[:ramp] = torch.minimum(w[:ramp], r)
+        if start + length < size:
+            w[-ramp:] = torch.minimum(w[-ramp:], r.flip(0))
+    return w
+
+
+def tiled(fn, x, tile, overlap, cell_in, cell_out):
+    """fn over overlapping tiles of x (B, C, H, W), blended: what encode / decode do with tiling on.
+
+    Sizes count cells of the latent grid: one cell is `cell_in` pixels of x and `cell_out` of fn's
+    output (f and 1 for encode, 1 and f for decode), so that every tile starts on the latent grid.
+    Each output pixel is the weighted mean of the tiles that cover it (`blend_weights`). Memory: the
+    output, and one tile's activations at a time.
+    """
+    grid_h, grid_w = x.shape[2] // cell_in, x.shape[3] // cell_in
+    out = weight = None
+    for i in tile_starts(grid_h, tile, overlap):
+        for j in tile_starts(grid_w, tile, overlap):
+            y = fn(x[:, :, i * cell_in:(i + tile) * cell_in, j * cell_in:(j + tile) * cell_in])
+            h, w = y.shape[2:]
+            top, left = i * cell_out, j * cell_out
+            wy = blend_weights(top, h, grid_h * cell_out, overlap * cell_out)
+            wx = blend_weights(left, w, grid_w * cell_out, overlap * cell_out)
+            wt = (wy[:, None] * wx[None]).to(y)
+            if out is None:
+                out = y.new_zeros(y.shape[0], y.shape[1], grid_h * cell_out, grid_w * cell_out)
+                weight = y.new_zeros(grid_h * cell_out, grid_w * cell_out)
+            out[:, :, top:top + h, left:left + w] += y * wt
+            weight[top:top + h, left:left + w] += wt
+    return out.div_(weight)  # in place: no second image-sized tensor
+
+
 class DCAE(nn.Module):
     """Deep Compression Autoencoder with the DC-AE 1.5 adaptive (partial-channel) latent.
 
@@ -579,6 +628,7 @@ class DCAE(nn.Module):
         # official files
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.tiling = None  # (tile, overlap) in latent cells: set_tiling
 
     @property
     def latent_channels(self):
@@ -603,6 +653,26 @@ class DCAE(nn.Module):
             stage.grad_checkpointing = enable
         return self
 
+    def set_tiling(self, tile_size=None, overlap=None):
+        """Encode and decode images larger than `tile_size` pixels (a side) in tiles of that size
+        that overlap by `overlap` pixels (default a quarter tile) and are blended linearly across
+        it, so that memory stops growing with the image beyond one tile. None turns tiling off.
+        Both must be multiples of the spatial compression f (tiles start on the latent grid), with
+        overlap <= tile_size / 2. Near a tile's border the network sees the tile's padding instead
+        of its neighbours, so tiled results differ a little from whole-image ones (the README says
+        how much); an image that fits in one tile is coded whole, exactly as without tiling."""
+        if tile_size is None:
+            self.tiling = None
+            return self
+        f = self.spatial_compression_ratio
+        overlap = tile_size // 4 // f * f if overlap is None else overlap
+        if tile_size <= 0 or tile_size % f or overlap < 0 or overlap % f or 2 * overlap > tile_size:
+            raise ValueError(f"tiles of {tile_size} px overlapping by {overlap} px do not fit this "
+                             f"autoencoder: both must be multiples of its spatial compression {f}, "
+                             f"with 0 <= overlap <= tile / 2")
+        self.tiling = (tile_size // f, overlap // f)
+        return self
+
     def check_latent_channels(self, c_prime):
         c = self.cfg.latent_channels
         if c_prime is not None and not (isinstance(c_prime, int) and 1 <= c_prime <= c):
@@ -611,12 +681,17 @@ class DCAE(nn.Module):
     def encode(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
         self.check_images(x)
         self.check_latent_channels(latent_channels)
+        f = self.spatial_compression_ratio
+        if self.tiling and max(x.shape[2:]) > self.tiling[0] * f:
+            return tiled(lambda t: self.encoder(t, latent_channels), x, *self.tiling, f, 1)
         return self.encoder(x, latent_channels)
 
     def decode(self, z):  # (B, c', h, w) -> (B, 3, h*f, w*f)
         if z.dim() != 4 or not (1 <= z.shape[1] <= self.cfg.latent_channels):
             raise ValueError(f"expected a latent of shape (B, c', h, w) with 1 <= c' <= "
                              f"{self.cfg.latent_channels}, got {tuple(z.shape)}")
+        if self.tiling and max(z.shape[2:]) > self.tiling[0]:
+            return tiled(self.decoder, z, *self.tiling, 1, self.spatial_compression_ratio)
         return self.decoder(z)
 
     def forward(self, x, latent_channels=None):
@@ -1598,26 +1673,26 @@ def backbone_state_dict(state_dict):
     return {k.removeprefix("diffusion_model."): v for k, v in state_dict.items()}
 
 
-def load_official_dcae(path, name):
+def load_official_dcae(path, name=None):
     """Build the preset `name` and load official weights into it strictly: (ae, scaling_factor).
 
     Only keys under "encoder." and "decoder." are read (as the official loader does: a training file
     may also hold a discriminator); any missing, unexpected or mis-shaped AE key is an error, never
     ignored. Weights: the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5
-    (model.safetensors). scaling_factor is None when the official code does not give one
-    (f32c128-1.5): measure it with `measure_latent_scale`.
+    (model.safetensors), as a file, a folder or the Hub id itself. A diffusers AutoencoderDC folder
+    (or Hub id) needs no `name`: its config.json says what it holds. scaling_factor is None when the
+    official code does not give one (f32c128-1.5): measure it with `measure_latent_scale`.
     """
-    import checkpoint  # the file formats (.safetensors, .pt) are read there
+    import checkpoint  # the file formats (.safetensors, .pt, diffusers folders, Hub ids) are there
 
-    ae = DCAE(build_dcae_config(name))
-    sd = autoencoder_state_dict(checkpoint.read_state_dict(path))
+    cfg, sd, scale, _ = checkpoint.read_autoencoder(path, name)
+    ae = DCAE(cfg)
     check_state_dict(ae, sd)
     ae.load_state_dict(sd, strict=True)
-    scale = ae.cfg.scaling_factor
     if scale is None:
-        warnings.warn(f"no official latent scaling factor is known for {name}; measure it on your "
-                      f"data with dcae15.measure_latent_scale (1 / RMS of the latents) before "
-                      f"training a diffusion model")
+        warnings.warn(f"no official latent scaling factor is known for {name or path}; measure it "
+                      f"on your data with dcae15.measure_latent_scale (1 / RMS of the latents) "
+                      f"before training a diffusion model")
     return ae.eval(), scale
 
 

@@ -71,6 +71,9 @@ def recon_table(columns, channel_list, title):
 def cmd_recon(args, rank, world, device):
     ae, _, _ = load_ae(args.ae_ckpt, args.ae_config)
     baseline = load_ae(args.baseline_ckpt, args.ae_config)[0] if args.baseline_ckpt else None
+    for model in (ae, baseline):  # a clear error for a tile size that does not fit an AE
+        if model is not None:
+            model.set_tiling(args.tile_size or None)
     C = ae.latent_channels
     channel_list = common.channel_list(args.latent_channels, C, "--latent-channels",
                                        dcae15.default_channel_choices(C))
@@ -98,9 +101,13 @@ def cmd_recon(args, rank, world, device):
                                           rank, world, name)
     if rank == 0:
         n = min(args.num_images, len(dataset))
+        tiles = ""
+        if ae.tiling and args.image_size > args.tile_size:
+            f = ae.spatial_compression_ratio
+            tiles = f", coded in {args.tile_size} px tiles overlapping by {ae.tiling[1] * f} px"
         print(recon_table(columns, channel_list, f"reconstruction from the first c' latent channels, "
                                                  f"{n} {args.data} {args.split} images at "
-                                                 f"{args.image_size}px"))
+                                                 f"{args.image_size}px{tiles}"))
         if args.grid:
             images = torch.stack([dataset[i][0] for i in range(min(8, n))]).to(device)
             models = [m for m in (ae, baseline) if m is not None]
@@ -110,7 +117,7 @@ def cmd_recon(args, rank, world, device):
                                    for name in columns))
         results = {name: {str(c): row for c, row in col.items()} for name, col in columns.items()}
         return {"command": "recon", "ae_ckpt": args.ae_ckpt, "baseline_ckpt": args.baseline_ckpt,
-                "num_images": n, "results": results}
+                "num_images": n, "tile_size": args.tile_size, "results": results}
 
 
 # ==================================================================================================
@@ -318,10 +325,14 @@ def build_parser():
     r = sub.add_parser("recon", help="PSNR / SSIM / LPIPS / rFID of reconstructions for each c'",
                        formatter_class=defaults)
     r.add_argument("--ae-ckpt", required=True,
-                   help="train_ae.py checkpoint or an official DC-AE file")
+                   help="train_ae.py checkpoint, an official DC-AE file, a diffusers folder or a "
+                        "Hub id")
     r.add_argument("--ae-config", default=None, help="preset of an official AE file")
     r.add_argument("--baseline-ckpt", default=None,
                    help="a second AE (e.g. trained with --no-structured) as a column")
+    r.add_argument("--tile-size", type=int, default=1024,
+                   help="encode and decode images larger than this many pixels in tiles of this "
+                        "size, a quarter tile overlapping (DCAE.set_tiling; 0: never)")
     r.add_argument("--latent-channels", default=None,
                    help="comma-separated c' values (default: multiples of c/8)")
     r.add_argument("--fid", default="auto", choices=["auto", "on", "off"],

@@ -56,6 +56,7 @@ def main(args):
     if sampler not in objective.methods:
         raise ValueError(f"--sampler {sampler} does not fit this {objective.name} checkpoint; "
                          f"choose {' or '.join(objective.methods)}")
+    ae.set_tiling(args.tile_size or None)  # a clear error for a size that does not fit the AE
     options = {"eta": args.eta} if sampler == "ddim" else {}
     if args.eta != 0 and sampler != "ddim":
         raise ValueError("--eta applies to the DDIM sampler of DDPM checkpoints only")
@@ -145,6 +146,9 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT (worth it for many samples; the first batch compiles)")
+    p.add_argument("--tile-size", type=int, default=1024,
+                   help="decode images larger than this many pixels in tiles of this size, a "
+                        "quarter tile overlapping (DCAE.set_tiling; 0: never)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     return p
 
