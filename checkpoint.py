@@ -4,6 +4,8 @@ checkpoint.py: every file this project writes and reads, in one room.
 - Checkpoints: plain dicts of tensors and plain values, loaded with weights_only=True, told apart by
   their "kind": `ae_checkpoint` (train_ae.py) and `dit_checkpoint` (train_dit.py) say what they hold;
   `load_autoencoder` and `load_dit` read them back, with official DC-AE weight files too.
+- Other homes of autoencoders: diffusers' AutoencoderDC folders, written (export.py) and read, and
+  Hugging Face Hub ids, fetched (`fetch`).
 - Atomic writes: every file goes to a temp file that is renamed into place, so a crash never leaves
   a half-written checkpoint, table or picture under the real name.
 - Arrays: .npy files written row by row by several processes (the latent cache, the samples), and
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 import zipfile
@@ -153,12 +156,17 @@ def fingerprint(state_dict):
 
 
 def read_autoencoder(path, ae_config=None):
-    """What an autoencoder file holds: (config, state dict, stored latent scale or None, source).
+    """What an autoencoder holds: (config, state dict, stored latent scale or None, source).
 
-    `path` is a train_ae.py checkpoint (its EMA weights and config; source "dcae15") or an official
-    DC-AE file (.safetensors / .pt) whose preset `ae_config` names (source "official").
+    `path` is a train_ae.py checkpoint (its EMA weights and config; source "dcae15"), an official
+    DC-AE file (.safetensors / .pt) whose preset `ae_config` names (source "official"), a diffusers
+    AutoencoderDC folder (source "diffusers"; its config.json says what it is), or a Hugging Face
+    Hub id of either kind of repo (`fetch`).
     """
-    raw = read_state_dict(path)
+    local = fetch(path)
+    if os.path.isdir(local):
+        return read_folder(local, path, ae_config)
+    raw = read_state_dict(local)
     kind = raw.get("kind")
     if kind == AE_KIND:
         cfg = dcae15.DCAEConfig.from_dict(raw["config"])
@@ -171,6 +179,31 @@ def read_autoencoder(path, ae_config=None):
                          f"pass its preset with --ae-config (one of {sorted(dcae15.DCAE_CONFIGS)})")
     cfg = dcae15.build_dcae_config(ae_config)
     return cfg, dcae15.autoencoder_state_dict(raw), cfg.scaling_factor, "official"
+
+
+def read_folder(folder, path, ae_config=None):
+    """read_autoencoder for a folder: a diffusers AutoencoderDC, or an official Hub repo's files
+    (model.safetensors; its config.json may name the preset as "model_name")."""
+    config = {}
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        with open(os.path.join(folder, "config.json")) as fh:
+            config = json.load(fh)
+    if "_class_name" in config:  # written by diffusers (or export.py)
+        cfg, sd, scale = read_diffusers(folder)
+        if ae_config is not None:
+            preset = dcae15.build_dcae_config(ae_config)
+            preset.scaling_factor = cfg.scaling_factor
+            if preset != cfg:
+                raise ValueError(f"{path} holds another autoencoder than the preset {ae_config}; "
+                                 f"leave out --ae-config for a diffusers folder (its config.json "
+                                 f"says what it holds)")
+        return cfg, sd, scale, "diffusers"
+    official = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(official):
+        return read_autoencoder(official, ae_config or config.get("model_name"))
+    raise ValueError(f"{path} is a folder without autoencoder weights: expected a diffusers "
+                     f"AutoencoderDC (config.json and {DIFFUSERS_WEIGHTS}) or an official "
+                     f"model.safetensors")
 
 
 def load_autoencoder(path, ae_config=None, latent_scale=None):
@@ -224,14 +257,280 @@ def load_dit(path, ae_path=None):
     model.load_state_dict(ema, strict=True)
     info = ckpt["ae"]
     ae_path = ae_path or info["path"]
-    if not os.path.isfile(ae_path):
-        raise FileNotFoundError(f"the autoencoder this DiT was trained with, {ae_path}, is "
-                                f"missing; pass its new location with --ae-ckpt")
-    ae, _, new_info = load_autoencoder(ae_path, info["ae_config"], ckpt["latent_scale"])
+    try:
+        ae, _, new_info = load_autoencoder(ae_path, info["ae_config"], ckpt["latent_scale"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"the autoencoder this DiT was trained with is missing ({err}); "
+                                f"pass its new location with --ae-ckpt") from None
     if new_info["fingerprint"] != info["fingerprint"]:
         warnings.warn(f"{ae_path} is not the autoencoder this DiT was trained with (its weights "
                       f"differ); the samples will not decode correctly")
     return model.eval().requires_grad_(False), ae, ckpt
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights by Hugging Face Hub id
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def fetch(path):
+    """A local file or folder for a weights path: `path` itself when it exists, else a Hugging
+    Face Hub id `org/name` or `org/name@revision`, downloaded (its .json and .safetensors files)
+    with the optional package huggingface_hub into its usual cache, and that snapshot's folder.
+    Offline, a download that is not cached yet fails with one line that says what to do."""
+    if os.path.exists(path):
+        return path
+    if not HUB_ID.fullmatch(path) or path.endswith(WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"autoencoder weights not found: {path}")
+    repo, _, revision = path.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError(f"{path} is not a local file or folder; to fetch it as a Hugging Face Hub "
+                          f"id, pip install huggingface_hub, or download the repo's files into a "
+                          f"folder and pass that folder") from None
+    try:
+        return snapshot_download(repo, revision=revision or None,
+                                 allow_patterns=["*.json", "*.safetensors"])
+    except Exception as err:  # offline, unknown repo or revision, no access: huggingface_hub's own
+        reason = (str(err) or type(err).__name__).splitlines()[0]
+        raise FileNotFoundError(f"{path} is not a local file or folder, and fetching it from the "
+                                f"Hugging Face Hub failed ({type(err).__name__}: {reason}); where "
+                                f"there is internet, `huggingface-cli download {repo}` puts it in "
+                                f"the cache, or download its files into a folder and pass that "
+                                f"folder") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers' AutoencoderDC folders (config.json + diffusion_pytorch_model.safetensors), both ways
+#
+# diffusers names the same modules differently: the stages are down_blocks / up_blocks, a conv
+# with a norm is two siblings, the attention's qkv conv is three linear layers. diffusers has no
+# partial latents: encode gives all c channels; decode the first c' by zero-filling the rest, which
+# is what the adaptive input conv computes (DCAE.decode). NOTE: the mapping is diffusers'
+# AutoencoderDC of version 0.35 and later, the first with the flags of the 1.5 form
+# (encoder_out_shortcut, decoder_in_shortcut, decoder_conv_act_fn); an older one ignores them and
+# builds the 1.0 shortcuts.
+
+DIFFUSERS_CLASS = "AutoencoderDC"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_VERSION = "0.35.0"
+_BLOCKS = {"ResBlock": "ResBlock", "EViTGLU": "EfficientViTBlock"}  # ours: diffusers'
+_NORMS = {"trms2d": "rms_norm", "bn2d": "batch_norm"}
+_ACTS = ("silu", "relu")
+# AutoencoderDC's defaults, for a config.json that leaves a key out
+_DIFFUSERS_DEFAULTS = {
+    "in_channels": 3, "latent_channels": 32, "attention_head_dim": 32,
+    "encoder_block_types": "ResBlock", "decoder_block_types": "ResBlock",
+    "encoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
+    "decoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
+    "encoder_layers_per_block": (2, 2, 2, 3, 3, 3), "decoder_layers_per_block": (3, 3, 3, 3, 3, 3),
+    "encoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
+    "decoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
+    "upsample_block_type": "pixel_shuffle", "downsample_block_type": "pixel_unshuffle",
+    "decoder_norm_types": "rms_norm", "decoder_act_fns": "silu", "encoder_out_shortcut": True,
+    "decoder_in_shortcut": True, "decoder_conv_act_fn": "relu", "scaling_factor": 1.0}
+# our state-dict name -> diffusers', applied in order
+_DIFFUSERS_NAMES = [
+    # the stem and the head: a ConvLayer (depth_list[0] > 0) is a bare conv in diffusers, a pixel
+    # (un)shuffle layer keeps its conv under .conv
+    (r"^encoder\.project_in\.conv\.", "encoder.conv_in."),
+    (r"^decoder\.project_out\.op_list\.2\.conv\.", "decoder.conv_out."),
+    (r"^encoder\.stages\.(\d+)\.op_list\.", r"encoder.down_blocks.\1."),
+    (r"^decoder\.stages\.(\d+)\.op_list\.", r"decoder.up_blocks.\1."),
+    (r"\.main\.", "."),  # a residual block's body
+    (r"\.(conv1|conv2|conv|qkv|proj|inverted_conv|depth_conv|point_conv)\.conv\.", r".\1."),
+    (r"\.(conv2|point_conv)\.norm\.", ".norm."),  # the norm after a conv: its sibling in diffusers
+    (r"\.proj\.norm\.", ".norm_out."),
+    (r"\.context_module\.", ".attn."), (r"\.local_module\.", ".conv_out."),
+    (r"\.inverted_conv\.", ".conv_inverted."), (r"\.depth_conv\.", ".conv_depth."),
+    (r"\.point_conv\.", ".conv_point."), (r"\.proj\.weight$", ".to_out.weight"),
+    (r"^encoder\.project_out\.op_list\.0\.conv\.", "encoder.conv_out."),
+    (r"^decoder\.project_in\.conv\.", "decoder.conv_in."),
+    (r"^decoder\.project_out\.op_list\.0\.", "decoder.norm_out."),
+]
+
+
+def diffusers_name(name):
+    """The diffusers name of one of our state-dict entries (the qkv weight: see to_diffusers)."""
+    for pattern, replacement in _DIFFUSERS_NAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def diffusers_config(cfg, scaling_factor):
+    """The config.json of diffusers' AutoencoderDC for our DCAEConfig; ValueError naming what
+    diffusers cannot express."""
+    enc, dec = cfg.encoder, cfg.decoder
+    n_enc, n_dec = len(enc.width_list), len(dec.width_list)
+    enc_blocks = [dcae15.per_stage(enc.block_type, i) for i in range(n_enc)]
+    dec_blocks = [dcae15.per_stage(dec.block_type, i) for i in range(n_dec)]
+    dec_norms = [dcae15.per_stage(dec.norm, i) for i in range(n_dec)]
+    dec_acts = [dcae15.per_stage(dec.act, i) for i in range(n_dec)]
+    problems = []
+    if any(dcae15.per_stage(enc.norm, i) != "trms2d" for i in range(n_enc)) or enc.act != "silu":
+        problems.append("its encoder has another norm or activation than trms2d / silu")
+    if dec.out_norm != "trms2d":
+        problems.append(f"its decoder's last norm is {dec.out_norm}, not trms2d")
+    for i, block in enumerate(dec_blocks):  # diffusers' GLUMBConv: always RMSNorm and SiLU
+        if block == "EViTGLU" and (dec_norms[i], dec_acts[i]) != ("trms2d", "silu"):
+            problems.append(f"its decoder's EfficientViT stage {i} has {dec_norms[i]} / "
+                            f"{dec_acts[i]}, not trms2d / silu")
+    if problems:
+        raise ValueError("this autoencoder cannot be written as a diffusers AutoencoderDC: "
+                         + "; ".join(problems))
+    return {
+        "_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
+        "in_channels": cfg.in_channels, "latent_channels": cfg.latent_channels,
+        "attention_head_dim": 32,  # dcae15.LiteMLA's head width
+        "encoder_block_types": [_BLOCKS[b] for b in enc_blocks],
+        "decoder_block_types": [_BLOCKS[b] for b in dec_blocks],
+        "encoder_block_out_channels": list(enc.width_list),
+        "decoder_block_out_channels": list(dec.width_list),
+        "encoder_layers_per_block": list(enc.depth_list),
+        "decoder_layers_per_block": list(dec.depth_list),
+        "encoder_qkv_multiscales": [[]] * n_enc, "decoder_qkv_multiscales": [[]] * n_dec,
+        "upsample_block_type": "pixel_shuffle", "downsample_block_type": "pixel_unshuffle",
+        "decoder_norm_types": [_NORMS[n] for n in dec_norms], "decoder_act_fns": dec_acts,
+        "encoder_out_shortcut": enc.out_shortcut is not None,
+        "decoder_in_shortcut": dec.in_shortcut is not None,
+        "decoder_conv_act_fn": dec.out_act,
+        "scaling_factor": scaling_factor,
+    }
+
+
+def config_from_diffusers(config, where):
+    """Our DCAEConfig for a diffusers AutoencoderDC config (a dict of its config.json); ValueError
+    naming what this project does not implement."""
+    c = {**_DIFFUSERS_DEFAULTS, **config}
+    enc_w, dec_w = tuple(c["encoder_block_out_channels"]), tuple(c["decoder_block_out_channels"])
+
+    def stages(value, n):
+        return [value] * n if isinstance(value, str) else list(value)
+
+    blocks = {v: k for k, v in _BLOCKS.items()}
+    norms = {v: k for k, v in _NORMS.items()}
+    enc_blocks = stages(c["encoder_block_types"], len(enc_w))
+    dec_blocks = stages(c["decoder_block_types"], len(dec_w))
+    dec_norms = stages(c["decoder_norm_types"], len(dec_w))
+    dec_acts = stages(c["decoder_act_fns"], len(dec_w))
+    problems = [f"{key} {c[key]!r}" for key, ok in (
+        ("attention_head_dim", c["attention_head_dim"] == 32),
+        ("downsample_block_type", c["downsample_block_type"] == "pixel_unshuffle"),
+        ("upsample_block_type", c["upsample_block_type"] == "pixel_shuffle"),
+        ("decoder_conv_act_fn", c["decoder_conv_act_fn"] in _ACTS),
+        ("encoder_block_types", all(b in blocks for b in enc_blocks)),
+        ("decoder_block_types", all(b in blocks for b in dec_blocks)),
+        ("decoder_norm_types", all(n in norms for n in dec_norms)),
+        ("decoder_act_fns", all(a in _ACTS for a in dec_acts))) if not ok]
+    for side, kinds in (("encoder", enc_blocks), ("decoder", dec_blocks)):
+        scales = c[f"{side}_qkv_multiscales"]  # the multi-scale attention branches (EViTS5GLU)
+        if any(kind == "EfficientViTBlock" and tuple(scales[i]) for i, kind in enumerate(kinds)):
+            problems.append(f"{side}_qkv_multiscales {scales!r} (multi-scale attention)")
+    if problems:
+        raise ValueError(f"{where}: this diffusers AutoencoderDC uses what dcae15 does not "
+                         f"implement: {'; '.join(problems)}")
+    return dcae15.DCAEConfig(
+        in_channels=c["in_channels"], latent_channels=c["latent_channels"],
+        scaling_factor=config.get("scaling_factor"),
+        encoder=dcae15.EncoderConfig(
+            enc_w, tuple(c["encoder_layers_per_block"]), block_type=same(
+                [blocks[b] for b in enc_blocks]),
+            out_shortcut="averaging" if c["encoder_out_shortcut"] else None),
+        decoder=dcae15.DecoderConfig(
+            dec_w, tuple(c["decoder_layers_per_block"]),
+            block_type=same([blocks[b] for b in dec_blocks]),
+            norm=same([norms[n] for n in dec_norms]), act=same(dec_acts),
+            out_act=c["decoder_conv_act_fn"],
+            in_shortcut="duplicating" if c["decoder_in_shortcut"] else None))
+
+
+def same(names):
+    """One name for every stage when they are all the same (as the presets write it), else a tuple."""
+    return names[0] if len(set(names)) == 1 else tuple(names)
+
+
+def to_diffusers(state_dict):
+    """Our autoencoder state dict in diffusers' names and shapes."""
+    out = {}
+    for name, value in state_dict.items():
+        new = diffusers_name(name)
+        if new.endswith(".attn.qkv.weight"):  # one 1x1 conv -> three linear layers, q k v
+            for part, chunk in zip("qkv", value.flatten(1).chunk(3, dim=0)):
+                out[new.replace(".qkv.", f".to_{part}.")] = chunk
+        elif new.endswith(".attn.to_out.weight"):
+            out[new] = value.flatten(1)
+        else:
+            out[new] = value
+    return out
+
+
+def from_diffusers(cfg, weights, where):
+    """A diffusers AutoencoderDC state dict in our names and shapes, for the model `cfg` builds."""
+    with torch.device("meta"):  # shapes only
+        own = dcae15.DCAE(cfg).state_dict()
+    out, missing, shapes, used = {}, [], [], set()
+    for name, like in own.items():
+        new = diffusers_name(name)
+        parts = [new.replace(".qkv.", f".to_{p}.") for p in "qkv"] if ".attn.qkv." in new else [new]
+        used.update(parts)
+        if any(p not in weights for p in parts):
+            missing += [p for p in parts if p not in weights]
+            continue
+        value = torch.cat([weights[p] for p in parts]) if len(parts) > 1 else weights[new]
+        if value.numel() != like.numel():
+            shapes.append(f"{new} {tuple(value.shape)}")
+            continue
+        out[name] = value.reshape(like.shape)
+    unexpected = sorted(set(weights) - used)
+    if missing or unexpected or shapes:
+        raise ValueError(f"{where} does not match its config.json: {len(missing)} missing "
+                         f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+                         f"{len(shapes)} of another shape {shapes[:3]}")
+    return out
+
+
+def save_diffusers(folder, cfg, state_dict, scaling_factor):
+    """Write an AutoencoderDC folder: config.json and diffusion_pytorch_model.safetensors (each
+    atomically). Needs the optional package safetensors."""
+    config = diffusers_config(cfg, scaling_factor)  # before anything is written
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ImportError("writing a diffusers folder needs the optional package safetensors: "
+                          "pip install safetensors") from None
+    os.makedirs(folder, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in to_diffusers(state_dict).items()}
+    with atomic_write(os.path.join(folder, DIFFUSERS_WEIGHTS), ".safetensors") as tmp:
+        save_file(weights, tmp, metadata={"format": "pt"})
+    write_json(os.path.join(folder, "config.json"), config)
+    return config
+
+
+def read_diffusers(folder):
+    """(config, state dict, scaling factor or None) of an AutoencoderDC folder; another diffusers
+    class, or a folder without weights, is a one-line error."""
+    with open(os.path.join(folder, "config.json")) as fh:
+        config = json.load(fh)
+    if config.get("_class_name") != DIFFUSERS_CLASS:
+        raise ValueError(f"{folder} holds a diffusers {config.get('_class_name')}, not an "
+                         f"{DIFFUSERS_CLASS}: dcae15 reads DC-AE autoencoders only")
+    cfg = config_from_diffusers(config, folder)
+    index = os.path.join(folder, DIFFUSERS_WEIGHTS + ".index.json")
+    if os.path.isfile(index):  # sharded: the index names the file of every tensor
+        with open(index) as fh:
+            files = sorted(set(json.load(fh)["weight_map"].values()))
+    else:
+        files = [DIFFUSERS_WEIGHTS]
+    weights = {}
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} has a diffusers config.json but no {name}")
+        weights.update(read_state_dict(path))
+    return cfg, from_diffusers(cfg, weights, folder), config.get("scaling_factor")
 
 
 # --------------------------------------------------------------------------------------------------

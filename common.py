@@ -198,11 +198,11 @@ class StopRun(Exception):
 
 def command_line(main, parser):
     """Run a script's `main` on its parsed flags. Bad input raises ValueError, FileNotFoundError or
-    FileExistsError with a message that says what to do, a run that cannot go on StopRun; the user
-    gets that one line, not a traceback."""
+    FileExistsError with a message that says what to do (ImportError: which optional package to
+    install), a run that cannot go on StopRun; the user gets that one line, not a traceback."""
     try:
         main(parser.parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError, StopRun) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, StopRun) as err:
         sys.exit(f"{parser.prog}: error: {err}")
 
 

@@ -299,8 +299,9 @@ def build_parser():
     p.add_argument("--image-size", type=int, default=64,
                    help="training resolution (a multiple of the compression)")
     p.add_argument("--init-from", default=None,
-                   help="start from weights: a train_ae.py checkpoint (its EMA) or an official "
-                        "DC-AE 1.5 file (.safetensors / .pt) matching --model")
+                   help="start from weights: a train_ae.py checkpoint (its EMA), an official "
+                        "DC-AE file (.safetensors / .pt), a diffusers folder or a Hub id, matching "
+                        "--model")
     p.add_argument("--latent-channel-choices", default=None,
                    help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
     p.add_argument("--num-sample-latent-channels", type=int, default=1,

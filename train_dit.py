@@ -272,8 +272,8 @@ def main(args):
     resume_ckpt = trainer.start_or_resume(args, checkpoint.DIT_KIND, build_parser(), RESUME_FREE_ARGS,
                                           old_defaults={"objective": "ddpm"})  # runs before flow
     if args.ae_ckpt is None:
-        raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, or an official DC-AE file "
-                         "with --ae-config")
+        raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, an official DC-AE file "
+                         "with --ae-config, or a diffusers AutoencoderDC folder")
     ae, latent_scale, ae_info = checkpoint.load_autoencoder(args.ae_ckpt, args.ae_config,
                                                             args.latent_scale)
     if resume_ckpt is not None and ae_info["fingerprint"] != resume_ckpt["ae"]["fingerprint"]:
@@ -368,7 +368,8 @@ def build_parser():
                            out="runs/dit", batch_size=32, max_steps=4400, warmup_steps=100,
                            log_every=400, sample_every=2000, picture="samples.png")
     p.add_argument("--ae-ckpt", default=None,
-                   help="train_ae.py checkpoint, or an official DC-AE file (+ --ae-config)")
+                   help="train_ae.py checkpoint, an official DC-AE file (+ --ae-config), a "
+                        "diffusers AutoencoderDC folder, or a Hub id of either (org/name[@rev])")
     p.add_argument("--ae-config", default=None,
                    help=f"preset of an official AE file: {', '.join(dcae15.DCAE_CONFIGS)}")
     p.add_argument("--latent-scale", type=float, default=None,

@@ -23,3 +23,18 @@ def tiny_ae():
             if "norm" in name:  # the default (1, 0) affine would hide bugs in how it is applied
                 p.add_(0.1 * torch.randn_like(p))
     return ae.eval()
+
+
+@pytest.fixture
+def safetensors(monkeypatch):
+    """safetensors.torch, importable: the real package where it is installed, else the format's
+    stand-in from helpers (the package is optional, and CI does not install it)."""
+    try:
+        import safetensors.torch as module
+    except ImportError:
+        from helpers import mini_safetensors
+
+        package, module = mini_safetensors()
+        monkeypatch.setitem(sys.modules, "safetensors", package)
+        monkeypatch.setitem(sys.modules, "safetensors.torch", module)
+    return module

@@ -85,3 +85,58 @@ def assert_parses(script, args, where):
         parser.parse_args(args)
     except SystemExit:
         pytest.fail(f"{where}: `python {script} {' '.join(args)}` does not parse (see above)")
+
+
+# safetensors' dtype names (the format's specification) for the dtypes our weights use
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8",
+                       torch.bool: "BOOL"}
+
+
+def mini_safetensors():
+    """A stand-in for the optional package safetensors (its `safetensors.torch.save_file` and
+    `load_file`) on machines without it, written from the format's specification: 8 bytes of
+    little-endian header length, a JSON header of each tensor's dtype, shape and byte range, then the
+    raw little-endian data. tests/test_interop.py checks it against the real package where that is
+    installed."""
+    import json
+    import struct
+    import types
+
+    def save_file(tensors, filename, metadata=None):
+        header, chunks, offset = {}, [], 0
+        if metadata:
+            header["__metadata__"] = metadata
+        for name, t in tensors.items():
+            data = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                            "data_offsets": [offset, offset + len(data)]}
+            chunks.append(data)
+            offset += len(data)
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+        with open(filename, "wb") as fh:
+            fh.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+    def load_file(filename, device="cpu"):
+        with open(filename, "rb") as fh:
+            blob = fh.read()
+        if len(blob) < 8:
+            raise ValueError("header too small")
+        (n,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8:8 + n])
+        data = blob[8 + n:]
+        dtypes = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            raw = torch.frombuffer(bytearray(data[start:end]), dtype=torch.uint8)
+            out[name] = raw.view(dtypes[info["dtype"]]).reshape(info["shape"]).to(device)
+        return out
+
+    package, module = types.ModuleType("safetensors"), types.ModuleType("safetensors.torch")
+    module.save_file, module.load_file = save_file, load_file
+    package.torch = module
+    return package, module
