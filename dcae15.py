@@ -1016,6 +1016,10 @@ DiT_CONFIGS = {
     "DiT-B": dict(depth=12, hidden_size=768, num_heads=12),
     "DiT-S": dict(depth=12, hidden_size=384, num_heads=6),
     "DiT-classroom": dict(depth=6, hidden_size=128, num_heads=4),
+    # NOTE: ours: the classroom DiT at half and twice its width (about 1/4 and 4x its parameters),
+    # heads of 32 channels, for the scaling study (experiments/scaling.sh)
+    "DiT-classroom-S": dict(depth=6, hidden_size=64, num_heads=2),
+    "DiT-classroom-L": dict(depth=6, hidden_size=256, num_heads=8),
     "DiT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
 }
 
@@ -1231,6 +1235,8 @@ UVIT_CONFIGS = {  # the official sizes (DC-Gen `uvit.py` zoo); patch 1 always
     "UViT-3B": dict(depth=56, hidden_size=2048, num_heads=32),
     # NOTE: ours, not official: DiT-classroom's width and about its parameters (1.9 M); a test size.
     "UViT-classroom": dict(depth=8, hidden_size=128, num_heads=4),
+    "UViT-classroom-S": dict(depth=8, hidden_size=64, num_heads=2),  # as DiT-classroom-S / -L
+    "UViT-classroom-L": dict(depth=8, hidden_size=256, num_heads=8),
     "UViT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
 }
 

@@ -73,3 +73,15 @@ def test_registry_sizes_and_bad_config():
         dcae15.build_dit_config("DiT-XXL")
     with pytest.raises(ValueError, match="divisible"):
         dcae15.DiT(dcae15.build_dit_config("DiT-tiny", input_size=5, patch_size=2))
+
+
+def test_the_classroom_ladders_are_about_4x_apart():
+    """The scaling study's sizes (experiments/scaling.sh): S, M, L about a factor 4 apart in
+    parameters, the DiT and the U-ViT alike (64 x 4 x 4 latents, 10 classes)."""
+    for net in ("DiT", "UViT"):
+        sizes = []
+        for name in (f"{net}-classroom-S", f"{net}-classroom", f"{net}-classroom-L"):
+            cfg = dcae15.build_backbone_config(name, input_size=4, in_channels=64, num_classes=10)
+            with torch.device("meta"):
+                sizes.append(sum(p.numel() for p in dcae15.build_backbone(cfg).parameters()))
+        assert all(3.5 < b / a < 4.5 for a, b in zip(sizes, sizes[1:])), (net, sizes)

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# RESULTS.md, "Scaling with model size": the paper's Figure 6 in miniature. Three diffusion-model sizes about
+# 4x apart (DiT-classroom-S / DiT-classroom / DiT-classroom-L: 0.49 / 1.88 / 7.40 M parameters; the same for
+# the U-ViT), each trained 4400 steps (the default budget, a checkpoint every 1100) in two arms: DC-AE (plain
+# AE + plain DiT) and DC-AE 1.5 (structured AE + augmented DiT), the quick start's two autoencoders, the
+# default objective (flow matching); the middle size with seeds 0 and 1. Then the judge on every checkpoint,
+# and the table and picture against parameters and training FLOPs.
+#   bash experiments/scaling.sh                 # in runs/ (DiT and U-ViT: about 12 h on 2 cores)
+#   NETS=DiT bash experiments/scaling.sh        # one backbone only
+#   DRY_RUN=1 bash experiments/scaling.sh       # print the commands
+source "$(dirname "$0")/lib.sh"
+R=$RUNS
+S=$R/scaling
+CACHE=(--cache-dir $R/latent_cache)
+BUDGET=(--max-steps 4400 --save-every 1100)
+autoencoders $R
+for net in ${NETS:-DiT UViT}; do
+  for size in S M L; do
+    model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
+    seeds=0; [ $size = M ] && seeds="0 1"
+    for s in $seeds; do  # two commands at a time (one thread each): the two arms of a seed
+      train $S/$net-$size-base-s$s python train_dit.py --ae-ckpt $R/ae-plain/last.pt --no-augmented \
+          --model $model "${BUDGET[@]}" --seed $s "${CACHE[@]}" --out $S/$net-$size-base-s$s &
+      train $S/$net-$size-15-s$s python train_dit.py --ae-ckpt $R/ae/last.pt --model $model \
+          "${BUDGET[@]}" --seed $s "${CACHE[@]}" --out $S/$net-$size-15-s$s &
+      wait_all
+    done
+    base=$(for s in $seeds; do printf "%s," $S/$net-$size-base-s$s; done)
+    new=$(for s in $seeds; do printf "%s," $S/$net-$size-15-s$s; done)
+    # every point is kept in RUN/curve/: a second call only evaluates new checkpoints
+    always python evaluate.py curve --run "DC-AE=${base%,}" --run "DC-AE 1.5=${new%,}" \
+        --judge-cache $R/judges --csv $S/$net-$size.csv --plot $S/$net-$size.png --json $S/$net-$size.json
+  done
+done
+# the table and the picture, from the CSVs above -> $S/scaling.md, $S/scaling.csv, $S/scaling.png
+[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$S" <<'PY'
+import os, sys
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+import curves, dcae15
+S = sys.argv[1]
+def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 4 x 4 latents, forward + backward
+    with torch.device("meta"):
+        model = dcae15.build_backbone(dcae15.build_backbone_config(model_name, input_size=4, in_channels=64,
+                                                                   num_classes=10))
+        z, y = torch.randn(32, 64, 4, 4), torch.zeros(32, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = dcae15.FlowMatching().training_loss(model, z, y, c_prime=32 if augmented else None)
+            loss.backward()
+    return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
+rows, points = [], []
+for net in ("DiT", "UViT"):
+    for size in ("S", "M", "L"):
+        path = os.path.join(S, f"{net}-{size}.csv")
+        if not os.path.isfile(path):
+            continue
+        data, metrics = curves.read_curve_csv(path)
+        summary = curves.summarise(data, metrics)
+        speed = curves.speedups(summary, "DC-AE", "fd_g1")["DC-AE 1.5"]
+        model = f"{net}-classroom" + ("" if size == "M" else f"-{size}")
+        for arm, augmented in (("DC-AE", False), ("DC-AE 1.5", True)):
+            s = summary[arm]
+            i = s["steps"].index(4400)
+            flops, params = step_flops(model, augmented)
+            cells = {m: (s[m]["mean"][i], s[m]["min"][i], s[m]["max"][i]) for m in ("fd_g1", "share_g1")}
+            factor = speed["mean"]["factor"] if augmented else None
+            rows.append((net, model, params, arm, len(s["runs"]), flops, cells, factor, speed["pairs"]))
+            points.append({"net": net, "model": model, "params": params, "arm": arm, "seeds": len(s["runs"]),
+                           "train_flops": flops * 4400, "fd_g1": cells["fd_g1"][0], "share_g1": cells["share_g1"][0],
+                           "fd_g1_min": cells["fd_g1"][1], "fd_g1_max": cells["fd_g1"][2],
+                           "share_g1_min": cells["share_g1"][1], "share_g1_max": cells["share_g1"][2],
+                           "speedup": factor})
+def cell(v, fmt):
+    mean, lo, hi = v
+    return fmt.format(mean) + (f" ({fmt.format(lo)}-{fmt.format(hi)})" if hi > lo else "")
+lines = ["| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD, g1 (step 4400) | in class, g1 | speed-up by FD g1 |",
+         "|---|---|---|---|---|---|---|---|"]
+for net, model, params, arm, seeds, flops, cells, factor, pairs in rows:
+    sp = "-" if factor is None else (f"**{factor:.2f}x**" if factor else "not reached")
+    if factor is not None and len(pairs) > 1:
+        sp += " (pairs " + ", ".join(f"{p['factor']:.2f}x" if p["factor"] else "-" for p in pairs) + ")"
+    lines.append(f"| {model} | {params / 1e6:.2f} M | {arm} | {seeds} | {flops * 4400 / 1e12:.1f} | "
+                 f"{cell(cells['fd_g1'], '{:.2f}')} | {cell(cells['share_g1'], '{:.3f}')} | {sp} |")
+open(os.path.join(S, "scaling.md"), "w").write("\n".join(lines) + "\n")
+import csv
+with open(os.path.join(S, "scaling.csv"), "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=list(points[0]))
+    writer.writeheader()
+    writer.writerows(points)
+print("\n".join(lines))
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    sys.exit("note: no picture: matplotlib is not installed (pip install matplotlib); the table and CSV are complete")
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+for net, marker in (("DiT", "o"), ("UViT", "s")):
+    for arm, colour in (("DC-AE", "tab:gray"), ("DC-AE 1.5", "tab:red")):
+        p = [q for q in points if q["net"] == net and q["arm"] == arm]
+        if not p:
+            continue
+        label = f"{net}, {arm}"
+        for ax, x, y in ((axes[0], "params", "fd_g1"), (axes[1], "train_flops", "fd_g1"), (axes[2], "params", "share_g1")):
+            xs, ys = [q[x] for q in p], [q[y] for q in p]
+            err = [[q[y] - q[f"{y}_min"] for q in p], [q[f"{y}_max"] - q[y] for q in p]]
+            ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour, label=label, capsize=3,
+                        linestyle="-" if net == "DiT" else "--")
+for ax, xlabel, ylabel in ((axes[0], "parameters", "judge FD, guidance 1 (lower is better)"),
+                           (axes[1], "training FLOPs (4400 steps)", "judge FD, guidance 1"),
+                           (axes[2], "parameters", "in the requested class, guidance 1")):
+    ax.set_xscale("log"); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.grid(alpha=0.3)
+axes[0].legend()
+fig.suptitle("DC-AE against DC-AE 1.5 as the diffusion model grows (shapes, 4400 steps)")
+fig.tight_layout()
+fig.savefig(os.path.join(S, "scaling.png"), dpi=110)
+print(f"wrote {os.path.join(S, 'scaling.png')}")
+PY
