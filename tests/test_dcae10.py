@@ -168,5 +168,5 @@ def test_train_ae_trains_resumes_and_the_pipeline_uses_a_10_autoencoder(tmp_path
                                 "--batch-size", "8", "--max-steps", "2", "--sample-steps", "2",
                                 "--cache-dir", tmp_path / "cache", "--out", tmp_path / "dit"])
     run_script("sample.py", ["--ckpt", tmp_path / "dit" / "last.pt", "--num-samples", "2", "--steps", "2",
-                             "--out", tmp_path / "s.png"])
+                             "--tile-size", "8", "--out", tmp_path / "s.png"])  # 16 px images in 8 px tiles
     assert (tmp_path / "s.png").is_file()

@@ -272,8 +272,9 @@ def test_a_diffusers_folder_goes_wherever_an_autoencoder_goes(tmp_path, safetens
     assert ckpt["config"] == ae.cfg.to_dict() | {"scaling_factor": 0.42}
     proc = run_script("evaluate.py", ["recon", "--ae-ckpt", folder, "--baseline-ckpt", tmp_path / "ae" / "last.pt",
                                       "--image-size", "16", "--num-images", "2", "--latent-channels", "8",
-                                      "--lpips", "off", "--fid", "off", "--json", tmp_path / "r.json"])
+                                      "--lpips", "off", "--fid", "off", "--tile-size", "8", "--json", tmp_path / "r.json"])
     assert set(json.loads((tmp_path / "r.json").read_text())["results"]) == {"model", "baseline"}, proc.stdout
+    assert "coded in 8 px tiles overlapping by 0 px" in proc.stdout  # recon tiles above --tile-size
 
 
 # ----------------------------------------------------------------------------------------------------
