@@ -298,9 +298,9 @@ def fetch(path):
         reason = (str(err) or type(err).__name__).splitlines()[0]
         raise FileNotFoundError(f"{path} is not a local file or folder, and fetching it from the "
                                 f"Hugging Face Hub failed ({type(err).__name__}: {reason}); where "
-                                f"there is internet, `huggingface-cli download {repo}` puts it in "
-                                f"the cache, or download its files into a folder and pass that "
-                                f"folder") from None
+                                f"there is internet, `hf download {repo}` puts it in the cache "
+                                f"(`huggingface-cli download` before huggingface_hub 1.0), or "
+                                f"download its files into a folder and pass that folder") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -331,7 +331,7 @@ def test_hub_ids_fetch_diffusers_and_official_repos(hub, safetensors):
 def test_hub_ids_offline_or_without_the_package(hub, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:  # not in the cache, no network
         checkpoint.read_autoencoder("me/not-cached")
-    assert "huggingface-cli download me/not-cached" in str(err.value) and "\n" not in str(err.value)
+    assert "hf download me/not-cached" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="weights not found: runs/missing.pt"):
         checkpoint.read_autoencoder("runs/missing.pt")  # a missing file is not a Hub id
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
