@@ -260,8 +260,8 @@ def load_dit(path, ae_path=None):
     try:
         ae, _, new_info = load_autoencoder(ae_path, info["ae_config"], ckpt["latent_scale"])
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"the autoencoder this DiT was trained with is missing ({err}); "
-                                f"pass its new location with --ae-ckpt") from None
+        raise FileNotFoundError(f"the autoencoder this DiT was trained with is missing; pass its "
+                                f"new location with --ae-ckpt ({err})") from None
     if new_info["fingerprint"] != info["fingerprint"]:
         warnings.warn(f"{ae_path} is not the autoencoder this DiT was trained with (its weights "
                       f"differ); the samples will not decode correctly")
