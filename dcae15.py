@@ -14,7 +14,7 @@ Papers:
 Map of this file (section -> paper):
   1. Configs                       -> DC-AE 1.5 model zoo (f32c128 / f64c128), DC-AE Sec. 3
   2. Autoencoder building blocks   -> DC-AE Sec. 3.2 "residual autoencoding" (space-to-channel)
-  3. Encoder / Decoder / DCAE      -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs
+  3. Encoder / Decoder / DCAE      -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs; tiled coding
   4. Structured latent space       -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, c'
   5. Autoencoder loss              -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
   6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
@@ -619,6 +619,7 @@ class DCAE(nn.Module):
 
     encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and
     treats the missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
+    set_tiling makes both code large images in overlapping tiles.
     """
 
     def __init__(self, cfg: DCAEConfig):
