@@ -3,7 +3,8 @@
 # and how fast. The test suite on CUDA (every failure named), each script once under torchrun at tiny
 # size with bf16 (the AE with its GAN phase, the DiT with both objectives, a U-ViT, a DC-AE 1.0,
 # sample.py --npz, evaluate.py recon and fid with random Inception weights), then bench.py at paper
-# scale: eager, with --compile and with --grad-checkpointing (items/s, TFLOP/s, peak GPU memory).
+# scale: eager, with --compile and with --grad-checkpointing (items/s, TFLOP/s, peak GPU memory), and the
+# peak memory of decoding 2048 px from an f64 latent, whole and tiled.
 #   bash experiments/gpu_check.sh             # in runs/gpu_check/, prints the table at the end
 #   DRY_RUN=1 bash experiments/gpu_check.sh   # print the commands
 source "$(dirname "$0")/lib.sh"
@@ -47,7 +48,12 @@ check bench_compile 300 python bench.py "${PAPER[@]}" --compile --no-fid
 check bench_checkpointing 300 python bench.py "${PAPER[@]}" --grad-checkpointing --no-fid
 check bench_f64c128_512px 300 python bench.py --ae dc-ae-f64c128-1.5 --dit DiT-XL --image-size 512 \
     --batch-size 32 --iters 3 --warmup 1 --grad-checkpointing --no-fid
+for tile in 0 1024; do  # decoding a 2048 px image from an f64 latent, whole and in 1024 px tiles
+  check decode_2048px_tile$tile 120 python bench.py --coding-memory decode --ae dc-ae-f64c128-1.5 \
+      --image-size 2048 --batch-size 1 --tile-size $tile
+done
 if [ "${DRY_RUN:-0}" != 1 ]; then
+  grep -h '^decode' "$R"/decode_2048px_tile*.log >> "$TABLE" || true
   for name in bench_eager bench_compile bench_checkpointing bench_f64c128_512px; do
     echo "== $name" >> "$TABLE"
     grep -E '^(dc-ae|piece|AE|DiT|sampling|FID)' "$R/$name.log" >> "$TABLE" || true
