@@ -94,7 +94,7 @@ try:
     import matplotlib.pyplot as plt
 except ImportError:
     sys.exit("note: no picture: matplotlib is not installed (pip install matplotlib); the table and CSV are complete")
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
 for net, marker in (("DiT", "o"), ("UViT", "s")):
     for arm, colour in (("DC-AE", "tab:gray"), ("DC-AE 1.5", "tab:red")):
         p = [q for q in points if q["net"] == net and q["arm"] == arm]
@@ -106,9 +106,16 @@ for net, marker in (("DiT", "o"), ("UViT", "s")):
             err = [[q[y] - q[f"{y}_min"] for q in p], [q[f"{y}_max"] - q[y] for q in p]]
             ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour, label=label, capsize=3,
                         linestyle="-" if net == "DiT" else "--")
+    p = [q for q in points if q["net"] == net and q["speedup"]]
+    if p:
+        axes[3].plot([q["params"] for q in p], [q["speedup"] for q in p], marker=marker, color="tab:red",
+                     linestyle="-" if net == "DiT" else "--", label=net)
+axes[3].axhline(1, color="black", linewidth=0.8)
+axes[3].legend()
 for ax, xlabel, ylabel in ((axes[0], "parameters", "judge FD, guidance 1 (lower is better)"),
                            (axes[1], "training FLOPs (4400 steps)", "judge FD, guidance 1"),
-                           (axes[2], "parameters", "in the requested class, guidance 1")):
+                           (axes[2], "parameters", "in the requested class, guidance 1"),
+                           (axes[3], "parameters", "speed-up of DC-AE 1.5 by judge FD, guidance 1")):
     ax.set_xscale("log"); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.grid(alpha=0.3)
 axes[0].legend()
 fig.suptitle("DC-AE against DC-AE 1.5 as the diffusion model grows (shapes, 4400 steps)")
