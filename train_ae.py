@@ -263,7 +263,7 @@ def main(args):
             return None
         # a quick look for periodic saves; the full report at the end and in a step_NNNNNNN.pt,
         # so that a step file is what a run that ended at that step writes, latent scale and all
-        full = final or (args.save_every and step % args.save_every == 0)
+        full = final or trainer.step_file_due(args, step)
         report, scale = validate(state.ema, val_set, choices, device, num_images=256 if full else 64)
         ckpt = checkpoint.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
                                         choices, report, state.disc, state.opt_disc)

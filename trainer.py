@@ -376,6 +376,11 @@ def last_intact(args):
     return f"the last intact checkpoint is {path} (step {checkpoint.load_checkpoint(path)['step']})"
 
 
+def step_file_due(args, step, final=False):
+    """Whether this save also keeps a step_NNNNNNN.pt (every --save-every steps, and at the end)."""
+    return bool(args.save_every) and (step % args.save_every == 0 or final)
+
+
 def write_checkpoint(ckpt, args, step, final):
     """last.pt, and step_NNNNNNN.pt every --save-every steps (and at the end). Weights that are not
     finite are never written, and a write that fails (a full disk, a quota) ends the run with one
@@ -385,7 +390,7 @@ def write_checkpoint(ckpt, args, step, final):
         raise common.StopRun(f"step {step}: the weights are not finite, so no checkpoint was "
                              f"written; {last_intact(args)}")
     paths = [os.path.join(args.out, "last.pt")]
-    if args.save_every and (step % args.save_every == 0 or final):
+    if step_file_due(args, step, final):
         paths.append(os.path.join(args.out, f"step_{step:07d}.pt"))
     for path in paths:
         try:
@@ -426,7 +431,7 @@ def train_loop(state, args, step, world, log, batches, draw_c_prime, train_step,
             raise common.StopRun(message)
         if step % args.log_every == 0 or step == args.max_steps:
             log.step_line(step, c_prime, grad_norm, lr, unit)
-        keep = args.save_every and step % args.save_every == 0  # a step_NNNNNNN.pt is due
+        keep = step_file_due(args, step)
         if (step % args.sample_every == 0 or keep) and step < args.max_steps:  # the last: the caller's
             save(step, picture=step % args.sample_every == 0)
     pbar.close()
