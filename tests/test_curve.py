@@ -174,6 +174,10 @@ def test_curve_end_to_end_and_cached_points(runs):
     # and the CSV alone redraws the table, without checkpoints
     redrawn = run_script("evaluate.py", ["curve", "--from-csv", d / "curve.csv", "--plot", d / "again.png"])
     assert "speed-up of aug over plain" in redrawn.stdout
+    short = run_script("evaluate.py", ["curve", "--from-csv", d / "curve.csv", "--max-step", "3", "--plot",
+                                       d / "short.png", "--json", d / "short.json"])  # the budget applies too
+    assert {r["step"] for r in json.loads((d / "short.json").read_text())["rows"]} == {2}
+    assert short.stdout != redrawn.stdout
     # a fixed budget: only the points up to --max-step (here cached already)
     budget = run_script("evaluate.py", [*curve_args(d, f"aug={d / 'aug0'}"), "--max-step", "3"])
     assert [r["step"] for r in json.loads((d / "curve.json").read_text())["rows"]] == [2]
