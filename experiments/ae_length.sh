@@ -4,19 +4,29 @@
 # a step file every 2200; their reconstructions from c/8, c/2 and c channels at 1x, 2x and 4x the default
 # length. The learning rate is constant after warmup and a step file is what a run that ended there writes
 # (tests/test_train_ae.py), so step 2200 of a run is the 2200-step run.
-#   bash experiments/ae_length.sh             # in runs/ (about 8 h on 2 cores)
+#   bash experiments/ae_length.sh             # in runs/ (about 4 h on 2 cores)
+#   ARMS=max bash experiments/ae_length.sh    # some of the three arms (plain structured max) only
 #   DRY_RUN=1 bash experiments/ae_length.sh   # print the commands
+# runs/ does not outlive a checkout: the summary keeps the rows of assets/ae_length.csv (the committed
+# measurements) for every (arm, step) it has no JSON file of, and recomputes the gaps.
 source "$(dirname "$0")/lib.sh"
 R=$RUNS/ae-length
+ARMS=${ARMS:-plain structured max}
 LONG=(--max-steps 8800 --save-every 2200)
+arm() { [[ " $ARMS " == *" $1 "* ]]; }
+for a in $ARMS; do
+  case $a in plain|structured|max) ;; *) echo "ARMS: no arm '$a' (the arms are plain, structured and max)" >&2; exit 2 ;; esac
+done
 # two commands at a time (one thread each)
-train $R/plain python train_ae.py --no-structured "${LONG[@]}" --out $R/plain &
-train $R/structured python train_ae.py "${LONG[@]}" --out $R/structured &
+if arm plain; then train $R/plain python train_ae.py --no-structured "${LONG[@]}" --out $R/plain & fi
+if arm structured; then train $R/structured python train_ae.py "${LONG[@]}" --out $R/structured & fi
 wait_all
-train $R/max python train_ae.py --num-sample-latent-channels 2 --always-sample-max-channel "${LONG[@]}" \
-    --out $R/max
+if arm max; then
+  train $R/max python train_ae.py --num-sample-latent-channels 2 --always-sample-max-channel "${LONG[@]}" \
+      --out $R/max
+fi
 # PSNR / SSIM from the first 8, 32 and 64 channels, 1000 validation images, at each length
-for run in plain structured max; do
+for run in $ARMS; do
   for step in 2200 4400 8800; do
     produce $R/recon-$run-$step.json python evaluate.py recon --ae-ckpt $R/$run/step_$(printf %07d $step).pt \
         --latent-channels 8,32,64 --json $R/recon-$run-$step.json
@@ -36,6 +46,14 @@ for run in names:
             res = json.load(open(path))["results"]["model"]
             rows.append({"run": run, "step": step, **{f"{m}_{c}": res[c][m] for c in ("8", "32", "64")
                                                        for m in ("psnr", "ssim")}})
+measured = {(r["run"], r["step"]) for r in rows}
+if os.path.isfile("assets/ae_length.csv"):  # an earlier checkout's measurements, where none is newer
+    for r in csv.DictReader(open("assets/ae_length.csv")):
+        if (r["run"], int(r["step"])) not in measured:
+            rows.append({k: (r["run"] if k == "run" else int(r["step"]) if k == "step" else float(v))
+                         for k, v in r.items() if k != "gap_64"})
+            print(f"kept from assets/ae_length.csv: {r['run']} at step {r['step']}")
+rows.sort(key=lambda r: (list(names).index(r["run"]), r["step"]))
 plain = {r["step"]: r["psnr_64"] for r in rows if r["run"] == "plain"}
 for r in rows:
     r["gap_64"] = r["psnr_64"] - plain[r["step"]] if r["step"] in plain else None

@@ -7,6 +7,9 @@
 # and the table and picture against parameters and training FLOPs.
 #   bash experiments/scaling.sh                 # in runs/ (DiT and U-ViT: about 12 h on 2 cores)
 #   NETS=DiT bash experiments/scaling.sh        # one backbone only
+#   NETS=DiT SIZES=L bash experiments/scaling.sh   # one size only (S, M, L)
+# runs/ does not outlive a checkout: the summary keeps the rows of assets/scaling.csv (the committed
+# measurements, each with its commit) for every size it has no curve of.
 #   DRY_RUN=1 bash experiments/scaling.sh       # print the commands
 source "$(dirname "$0")/lib.sh"
 R=$RUNS
@@ -15,7 +18,7 @@ CACHE=(--cache-dir $R/latent_cache)
 BUDGET=(--max-steps 4400 --save-every 1100)
 autoencoders $R
 for net in ${NETS:-DiT UViT}; do
-  for size in S M L; do
+  for size in ${SIZES:-S M L}; do
     model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
     seeds=0; [ $size = M ] && seeds="0 1"
     for s in $seeds; do  # two commands at a time (one thread each): the two arms of a seed
@@ -48,7 +51,9 @@ def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 
             loss, _ = dcae15.FlowMatching().training_loss(model, z, y, c_prime=32 if augmented else None)
             loss.backward()
     return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
-rows, points = [], []
+import csv, subprocess
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+points = []
 for net in ("DiT", "UViT"):
     for size in ("S", "M", "L"):
         path = os.path.join(S, f"{net}-{size}.csv")
@@ -57,34 +62,62 @@ for net in ("DiT", "UViT"):
         data, metrics = curves.read_curve_csv(path)
         summary = curves.summarise(data, metrics)
         speed = curves.speedups(summary, "DC-AE", "fd_g1")["DC-AE 1.5"]
+        base = summary["DC-AE"]
+        half = base["steps"].index(2200) + 1  # the budget halved: the target is DC-AE's FD at step 2200
+        speed_half = curves.speedup(base["steps"][:half], base["fd_g1"]["mean"][:half],
+                                    summary["DC-AE 1.5"]["steps"], summary["DC-AE 1.5"]["fd_g1"]["mean"], True)
         model = f"{net}-classroom" + ("" if size == "M" else f"-{size}")
         for arm, augmented in (("DC-AE", False), ("DC-AE 1.5", True)):
             s = summary[arm]
             i = s["steps"].index(4400)
             flops, params = step_flops(model, augmented)
-            cells = {m: (s[m]["mean"][i], s[m]["min"][i], s[m]["max"][i]) for m in ("fd_g1", "share_g1")}
-            factor = speed["mean"]["factor"] if augmented else None
-            rows.append((net, model, params, arm, len(s["runs"]), flops, cells, factor, speed["pairs"]))
-            points.append({"net": net, "model": model, "params": params, "arm": arm, "seeds": len(s["runs"]),
-                           "train_flops": flops * 4400, "fd_g1": cells["fd_g1"][0], "share_g1": cells["share_g1"][0],
-                           "fd_g1_min": cells["fd_g1"][1], "fd_g1_max": cells["fd_g1"][2],
-                           "share_g1_min": cells["share_g1"][1], "share_g1_max": cells["share_g1"][2],
-                           "speedup": factor})
-def cell(v, fmt):
-    mean, lo, hi = v
+            pairs = [p["factor"] or 0.0 for p in speed["pairs"]] if augmented else []
+            point = {"net": net, "model": model, "params": params, "arm": arm, "seeds": len(s["runs"]),
+                     "train_flops": flops * 4400, "commit": commit}
+            for m in ("fd_g1", "share_g1"):
+                point.update({m: s[m]["mean"][i], f"{m}_min": s[m]["min"][i], f"{m}_max": s[m]["max"][i]})
+            point.update({"speedup": (speed["mean"]["factor"] or 0.0) if augmented else "",
+                          "speedup_pairs_min": min(pairs) if len(pairs) > 1 else "",
+                          "speedup_pairs_max": max(pairs) if len(pairs) > 1 else "",
+                          "speedup_2200": (speed_half["factor"] or 0.0) if augmented else "",
+                          "speedup_2200_status": speed_half["status"] if augmented else ""})
+            points.append(point)
+# runs/ does not outlive a checkout: the sizes not trained here keep their row of the committed table
+measured = {q["model"] for q in points}
+if os.path.isfile("assets/scaling.csv"):
+    for q in csv.DictReader(open("assets/scaling.csv")):
+        if q["model"] not in measured:
+            points.append({k: (v if k in ("net", "model", "arm", "commit", "speedup_2200_status")
+                               else int(v) if k in ("params", "seeds", "train_flops") else float(v) if v else "")
+                           for k, v in q.items()})
+            print(f"kept from assets/scaling.csv: {q['model']}, {q['arm']} (commit {q['commit']})")
+order = [f"{n}-classroom{x}" for n in ("DiT", "UViT") for x in ("-S", "", "-L")]
+points.sort(key=lambda q: (order.index(q["model"]), q["arm"]))
+def cell(q, m, fmt):
+    mean, lo, hi = q[m], q[f"{m}_min"], q[f"{m}_max"]
     return fmt.format(mean) + (f" ({fmt.format(lo)}-{fmt.format(hi)})" if hi > lo else "")
-lines = ["| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD, g1 (step 4400) | in class, g1 | speed-up by FD g1 |",
-         "|---|---|---|---|---|---|---|---|"]
-for net, model, params, arm, seeds, flops, cells, factor, pairs in rows:
-    sp = "-" if factor is None else (f"**{factor:.2f}x**" if factor else "not reached")
-    if factor is not None and len(pairs) > 1:
-        sp += " (pairs " + ", ".join(f"{p['factor']:.2f}x" if p["factor"] else "-" for p in pairs) + ")"
-    lines.append(f"| {model} | {params / 1e6:.2f} M | {arm} | {seeds} | {flops * 4400 / 1e12:.1f} | "
-                 f"{cell(cells['fd_g1'], '{:.2f}')} | {cell(cells['share_g1'], '{:.3f}')} | {sp} |")
+def factor(v):
+    return "not reached" if v == 0 else f"{v:.2f}x"
+lines = ["| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD, g1 (step 4400) | in class, g1 "
+         "| speed-up by FD g1 | at half the budget |", "|---|---|---|---|---|---|---|---|---|"]
+for q in points:
+    sp = half = "-"
+    if q["speedup"] != "":
+        sp = f"**{factor(q['speedup'])}**"
+        if q["speedup_pairs_min"] != "":
+            sp += f" (pairs {factor(q['speedup_pairs_min'])} to {factor(q['speedup_pairs_max'])})"
+        half = "?" if q["speedup_2200"] == "" else factor(q["speedup_2200"])
+        if q.get("speedup_2200_status") == "before":  # already there at the first checkpoint
+            half = ">" + half
+    lines.append(f"| {q['model']} | {q['params'] / 1e6:.2f} M | {q['arm']} | {q['seeds']:.0f} | "
+                 f"{q['train_flops'] / 1e12:.1f} | {cell(q, 'fd_g1', '{:.2f}')} | {cell(q, 'share_g1', '{:.3f}')} "
+                 f"| {sp} | {half} |")
 open(os.path.join(S, "scaling.md"), "w").write("\n".join(lines) + "\n")
-import csv
+fields = ["net", "model", "params", "arm", "seeds", "train_flops", "commit", "fd_g1", "fd_g1_min", "fd_g1_max",
+          "share_g1", "share_g1_min", "share_g1_max", "speedup", "speedup_pairs_min", "speedup_pairs_max",
+          "speedup_2200", "speedup_2200_status"]
 with open(os.path.join(S, "scaling.csv"), "w", newline="") as fh:
-    writer = csv.DictWriter(fh, fieldnames=list(points[0]))
+    writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(points)
 print("\n".join(lines))
@@ -106,7 +139,7 @@ for net, marker in (("DiT", "o"), ("UViT", "s")):
             err = [[q[y] - q[f"{y}_min"] for q in p], [q[f"{y}_max"] - q[y] for q in p]]
             ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour, label=label, capsize=3,
                         linestyle="-" if net == "DiT" else "--")
-    p = [q for q in points if q["net"] == net and q["speedup"]]
+    p = [q for q in points if q["net"] == net and q["speedup"] != ""]
     if p:
         axes[3].plot([q["params"] for q in p], [q["speedup"] for q in p], marker=marker, color="tab:red",
                      linestyle="-" if net == "DiT" else "--", label=net)
