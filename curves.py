@@ -205,10 +205,11 @@ def curve_text(summary, metrics, speed, baseline, metric):
                 cells.append(f"{cell:>21}")
             lines.append(f"{label:>16} {len(s['runs']):>5} {step:>7} | " + " | ".join(cells))
     for label, sp in speed.items():
-        pairs = [p["factor"] for p in sp["pairs"]]
+        pairs = sp["pairs"]
         spread = ""
-        if len(pairs) > 1:
-            words = [f"{p:.2f}x" if p else "not reached" for p in pairs]
+        if len(pairs) > 1:  # ">": reached at the first evaluated step already (a lower bound)
+            words = [("not reached" if p["factor"] is None else
+                      (">" if p["status"] == "before" else "") + f"{p['factor']:.2f}x") for p in pairs]
             spread = f"; seed pairs: {', '.join(words)}"
         lines.append(f"speed-up of {label} over {baseline} by {metric} (the step where it first "
                      f"reaches {baseline}'s final {sp['mean']['target']:.3f}): "
