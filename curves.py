@@ -242,6 +242,17 @@ def read_curve_csv(path):
     return rows, metrics
 
 
+def rows_within_budget(rows, max_step, source):
+    """The rows of a curve CSV up to step max_step (all if None): the budget run_points applies to
+    run folders, applied to a redrawn table. Every label must keep a point."""
+    if max_step is None:
+        return rows
+    for label in dict.fromkeys(r["label"] for r in rows):
+        if not any(r["label"] == label and r["step"] <= max_step for r in rows):
+            raise ValueError(f"{source}: {label!r} has no point at or before --max-step {max_step}")
+    return [r for r in rows if r["step"] <= max_step]
+
+
 def plot_curves(summary, metrics, path):
     """One panel per metric: the mean over seeds against the training step, the seeds' range
     shaded. matplotlib is optional: without it, a note, and False."""

@@ -256,12 +256,7 @@ def cmd_curve(args, rank, world, device):
     cfg_scales = parse_scales(args.cfg_scales)
     if args.from_csv:
         rows, metrics = curves.read_curve_csv(args.from_csv)
-        if args.max_step is not None:  # the budget applies to a redrawn table as to a new one
-            for label in dict.fromkeys(r["label"] for r in rows):
-                if not any(r["label"] == label and r["step"] <= args.max_step for r in rows):
-                    raise ValueError(f"{args.from_csv}: {label!r} has no point at or before "
-                                     f"--max-step {args.max_step}")
-            rows = [r for r in rows if r["step"] <= args.max_step]
+        rows = curves.rows_within_budget(rows, args.max_step, args.from_csv)
     else:
         check_judge_flags(args, world)
         if not args.run:
