@@ -22,9 +22,9 @@ import torch
 import checkpoint
 import common
 import data
-from fid import FeatureStats
-from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
-                   validation_images)
+from fid import FeatureStats, frechet_distance
+from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, originals,
+                   reconstructions, run_dataset, validation_images)
 from metrics import maybe_inception
 import trainer
 
@@ -303,17 +303,22 @@ def point_cache(folder, path, step, settings):
 
 
 @torch.no_grad()
-def autoencoder_rows(aes, judge, xv, yv, batch_size, device):
-    """Per distinct AE: its latent channels, PSNR from the first c/8 and all c channels, and the
-    judge's accuracy on its reconstructions (that AE's ceiling)."""
+def autoencoder_rows(aes, judge, xv, yv, xt, ref, batch_size, device):
+    """Per distinct AE: its latent channels, PSNR from the first c/8 and all c channels, and its
+    ceilings as a DiT's judge sees them: the judge's accuracy on its reconstructions of the validation
+    images, and the Fréchet distance of its reconstructions of xt (as many training images as a point
+    has samples) to the validation images (`ref`, their judge statistics)."""
     rows = {}
     for fp, (path, ae) in aes.items():
         C = ae.latent_channels
         batches = (x.to(device).float() / 127.5 - 1 for x in xv.split(batch_size))
         psnr = common.mean_psnr(ae, batches, [C // 8, C])
         recon = reconstructions(ae, xv, batch_size, device)
+        fd = frechet_distance(*judge_stats(judge, reconstructions(ae, xt, batch_size, device),
+                                           batch_size, device), *ref)
         rows[path] = {"channels": C, "psnr_c8": psnr[C // 8], "psnr": psnr[C],
-                      "judge_recon": judge_accuracy(judge, recon, yv, batch_size, device)}
+                      "judge_recon": judge_accuracy(judge, recon, yv, batch_size, device),
+                      "fd_recon": fd}
     return rows
 
 
@@ -369,14 +374,19 @@ def evaluate_runs(args, meta, cfg_scales, device):
                 aes[newest["ae"]["fingerprint"]] = (newest["ae"]["path"],
                                                     checkpoint.load_dit(points[max(points)])[1])
     ceiling = judge_accuracy(judge, xv, yv, args.batch_size, device)
+    # a perfect generator's distance: real training images, as many as a point has samples (the FD
+    # of a finite set is not 0); an AE's reconstructions of the same images are its DiT's floor
+    xt, _ = originals(run_dataset(run_args, "train"), args.num_samples, args.batch_size)
+    floor = frechet_distance(*judge_stats(judge, xt, args.batch_size, device), *ref)
     ae_rows = autoencoder_rows({fp: (p, ae.to(device)) for fp, (p, ae) in aes.items()}, judge, xv,
-                               yv, args.batch_size, device)
-    print(f"judge ({judge_path}): right on {ceiling:.1%} of {len(xv)} validation originals; on the "
-          f"autoencoders' reconstructions (the ceilings of their DiTs), with their PSNR:")
+                               yv, xt, ref, args.batch_size, device)
+    print(f"judge ({judge_path}): right on {ceiling:.1%} of {len(xv)} validation originals; FD of "
+          f"{len(xt)} training originals {floor:.2f}; on the autoencoders' reconstructions (the "
+          f"ceilings of their DiTs), with their PSNR:")
     for path, r in ae_rows.items():
         print(f"  {path}: c = {r['channels']}, PSNR {r['psnr_c8']:.2f} dB from the first "
               f"{r['channels'] // 8} channels, {r['psnr']:.2f} dB from all; judge "
-              f"{r['judge_recon']:.1%}")
-    return rows, {"judge_ceiling": ceiling, **ae_rows}
+              f"{r['judge_recon']:.1%}, FD {r['fd_recon']:.2f}")
+    return rows, {"judge_ceiling": ceiling, "fd_originals": floor, **ae_rows}
 
 

@@ -166,7 +166,11 @@ def test_curve_end_to_end_and_cached_points(runs):
         ("aug", "0", "2"), ("aug", "0", "4")]
     assert set(rows[0]) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "share_g4", "fd_g4"}
     result = json.loads((d / "curve.json").read_text())
-    assert 0 <= result["autoencoders"]["judge_ceiling"] <= 1
+    aes = result["autoencoders"]
+    assert 0 <= aes["judge_ceiling"] <= 1
+    # a 4-step AE's reconstructions are far from the data: further than real training images are
+    assert {k for k, v in aes.items() if isinstance(v, dict)} == {str(d / "ae" / "last.pt")}
+    assert aes[str(d / "ae" / "last.pt")]["fd_recon"] > aes["fd_originals"] > 0
     # the second time every point comes from the runs' curve/ folders: nothing is sampled again
     again = run_script("evaluate.py", curve_args(d, f"plain={d / 'plain0'},{d / 'plain1'}", f"aug={d / 'aug0'}"))
     assert " step 2: " not in again.stdout and "training the judge" not in again.stdout
