@@ -139,10 +139,14 @@ for net, marker in (("DiT", "o"), ("UViT", "s")):
             err = [[q[y] - q[f"{y}_min"] for q in p], [q[f"{y}_max"] - q[y] for q in p]]
             ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour, label=label, capsize=3,
                         linestyle="-" if net == "DiT" else "--")
-    p = [q for q in points if q["net"] == net and q["speedup"] != ""]
+    p = [q for q in points if q["net"] == net and q["speedup"] not in ("", 0.0)]
     if p:
         axes[3].plot([q["params"] for q in p], [q["speedup"] for q in p], marker=marker, color="tab:red",
                      linestyle="-" if net == "DiT" else "--", label=net)
+    for q in points:  # DC-AE's final distance not reached within the budget: below 1, a marker at 1
+        if q["net"] == net and q["speedup"] == 0.0:
+            axes[3].plot(q["params"], 1, marker="v", color="tab:red", markersize=10, linestyle="none",
+                         label=f"{net}: not reached (< 1x)")
 axes[3].axhline(1, color="black", linewidth=0.8)
 axes[3].legend()
 for ax, xlabel, ylabel in ((axes[0], "parameters", "judge FD, guidance 1 (lower is better)"),
