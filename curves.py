@@ -22,8 +22,8 @@ import torch
 import checkpoint
 import common
 import data
-from fid import FeatureStats, frechet_distance
-from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, originals,
+from fid import FeatureStats
+from judge import (dataset_judge, judge_accuracy, judge_fd, judge_samples, judge_stats, originals,
                    reconstructions, run_dataset, validation_images)
 from metrics import maybe_inception
 import trainer
@@ -314,8 +314,7 @@ def autoencoder_rows(aes, judge, xv, yv, xt, ref, batch_size, device):
         batches = (x.to(device).float() / 127.5 - 1 for x in xv.split(batch_size))
         psnr = common.mean_psnr(ae, batches, [C // 8, C])
         recon = reconstructions(ae, xv, batch_size, device)
-        fd = frechet_distance(*judge_stats(judge, reconstructions(ae, xt, batch_size, device),
-                                           batch_size, device), *ref)
+        fd = judge_fd(judge, reconstructions(ae, xt, batch_size, device), ref, batch_size, device)
         rows[path] = {"channels": C, "psnr_c8": psnr[C // 8], "psnr": psnr[C],
                       "judge_recon": judge_accuracy(judge, recon, yv, batch_size, device),
                       "fd_recon": fd}
@@ -377,7 +376,7 @@ def evaluate_runs(args, meta, cfg_scales, device):
     # a perfect generator's distance: real training images, as many as a point has samples (the FD
     # of a finite set is not 0); an AE's reconstructions of the same images are its DiT's floor
     xt, _ = originals(run_dataset(run_args, "train"), args.num_samples, args.batch_size)
-    floor = frechet_distance(*judge_stats(judge, xt, args.batch_size, device), *ref)
+    floor = judge_fd(judge, xt, ref, args.batch_size, device)
     ae_rows = autoencoder_rows({fp: (p, ae.to(device)) for fp, (p, ae) in aes.items()}, judge, xv,
                                yv, xt, ref, args.batch_size, device)
     print(f"judge ({judge_path}): right on {ceiling:.1%} of {len(xv)} validation originals; FD of "

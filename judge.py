@@ -186,6 +186,11 @@ def judge_stats(judge, images, batch_size, device):
     return stats.mu_sigma()
 
 
+def judge_fd(judge, images, ref_stats, batch_size, device):
+    """The judge FD of uint8 images to reference statistics (judge_stats of the validation images)."""
+    return frechet_distance(*judge_stats(judge, images, batch_size, device), *ref_stats)
+
+
 @torch.no_grad()
 def judge_samples(model, ae, ckpt, judge, ref_stats, num_samples, cfg_scales, steps, seed,
                   batch_size, device, inception=None, ref_fid=None):
