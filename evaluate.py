@@ -26,7 +26,6 @@ Run `python evaluate.py SUBCOMMAND --help`.
 # them and prints.
 
 import argparse
-import json
 import math
 import os
 
@@ -43,7 +42,7 @@ from fid import (FID_WEIGHTS_FILE, FeatureStats, build_inception, find_inception
                  frechet_distance, load_stats)
 from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
                    validation_images)
-from metrics import build_lpips_alex, dataset_stats, maybe_inception, recon_metrics
+from metrics import build_lpips_alex, dataset_stats, maybe_inception, num_first, recon_metrics
 
 
 def load_ae(path, ae_config):
@@ -80,8 +79,7 @@ def cmd_recon(args, rank, world, device):
     if baseline is not None and baseline.latent_channels != C:
         raise ValueError(f"--baseline-ckpt has {baseline.latent_channels} latent channels, "
                          f"--ae-ckpt {C}")
-    if args.grid and not os.path.isdir(os.path.dirname(os.path.abspath(args.grid))):
-        raise ValueError(f"--grid {args.grid}: its folder does not exist; create it first")
+    check_folder("--grid", args.grid)
     dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed,
                                  skip_bad=args.skip_bad_images)
     ae.cfg.check_image_size(args.image_size, "--image-size")
@@ -100,7 +98,7 @@ def cmd_recon(args, rank, world, device):
                                           args.batch_size, device, inception, ref_stats, lpips_net,
                                           rank, world, name)
     if rank == 0:
-        n = min(args.num_images, len(dataset))
+        n = num_first(args.num_images, dataset)
         tiles = ""
         if ae.tiling and args.image_size > args.tile_size:
             f = ae.spatial_compression_ratio
@@ -422,14 +420,20 @@ def build_parser():
     return p
 
 
+def check_folder(flag, path):
+    """A clear error before any work for an output file whose folder does not exist."""
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ValueError(f"{flag} {path}: its folder does not exist; create it first")
+
+
 def main(args):
+    check_folder("--json", args.json)
     rank, world, device = common.setup_distributed(args.device)
     commands = {"recon": cmd_recon, "ref": cmd_ref, "fid": cmd_fid, "classes": cmd_classes,
                 "curve": cmd_curve}
     result = commands[args.command](args, rank, world, device)
     if rank == 0 and args.json and result is not None:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        checkpoint.write_json(args.json, result)
         print(f"wrote {args.json}")
     common.cleanup_distributed()
 

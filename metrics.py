@@ -95,9 +95,14 @@ def maybe_inception(mode, weights, device, what):
 # ==================================================================================================
 
 
+def num_first(num_images, dataset):
+    """How many items "the first num_images" of a dataset are (--num-images 0: all of them)."""
+    return min(num_images, len(dataset)) if num_images > 0 else len(dataset)
+
+
 def image_batches(dataset, num_images, batch_size, rank=0, world=1, desc=None):
     """Batches of (images in [-1, 1], labels) of the first num_images items, this rank's share."""
-    n = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
+    n = num_first(num_images, dataset)
     starts = list(range(0, n, batch_size))[rank::world]
     for start in common.progress(starts, desc=desc, disable=desc is None or rank != 0):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]

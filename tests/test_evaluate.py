@@ -156,8 +156,14 @@ def test_commands_end_to_end(tmp_path):
     assert picture.shape == (3, 2 + 2 * 18, 2 + 3 * 18)
     originals = common.to_uint8(torch.stack([data.ShapesDataset("val", image_size=16)[i][0] for i in range(2)]))
     assert torch.equal(picture[:, 2:18, 2:18], originals[0]) and torch.equal(picture[:, 20:36, 2:18], originals[1])
-    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--grid", str(tmp_path / "no" / "g.png")])
-    assert proc.returncode != 0 and "folder does not exist" in proc.stderr
+    for flag in ("--grid", "--json"):  # refused before any work
+        proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", flag, str(tmp_path / "no" / "out")])
+        assert proc.returncode != 0 and f"{flag} " in proc.stderr and "folder does not exist" in proc.stderr
+    # --num-images 0 is every image of the split: the shapes set's 1000 validation images
+    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "0", "--latent-channels", "8",
+                "--lpips", "off", "--fid", "off", "--batch-size", "250", "--json", out_json])
+    assert proc.returncode == 0, proc.stderr
+    assert json.load(open(out_json))["num_images"] == 1000 and "1000 shapes val images" in proc.stdout
 
     ref = str(tmp_path / "ref.npz")
     proc = run(["ref", "--image-size", "16", "--num-images", "3", "--inception-weights", weights, "--out", ref])
