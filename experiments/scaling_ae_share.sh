@@ -2,9 +2,10 @@
 # RESULTS.md, "Scaling with model size", why DC-AE 1.5's speed-up shrinks: the structured AE's share
 # or augmented training's? A third arm at one size of experiments/scaling.sh: the structured AE with
 # the plain objective (--no-augmented), the same 4400 steps, seed 0, judged as the other two arms. Their
-# curves are the committed assets/scaling/NET-SIZE.csv (the judge trains deterministically, so the
-# distances compare: `curve` prints the FD of the real images, 2.90 with that judge), merged with this
-# arm's into one table with the speed-ups of both DC-AE 1.5 arms over DC-AE.
+# curves are the committed assets/scaling/NET-SIZE.csv, merged with this arm's into one table with the
+# speed-ups of both DC-AE 1.5 arms over DC-AE. The judge and the AEs are trained again (seeded, but not
+# bit-identical across machines and thread counts): compare the FD of the real images that `curve`
+# prints with the committed judge's 2.90 to see how far the distances compare.
 #   bash experiments/scaling_ae_share.sh              # DiT-classroom-L, in runs/ (about 1 h on 2 cores)
 #   NET=UViT SIZE=L bash experiments/scaling_ae_share.sh
 #   DRY_RUN=1 bash experiments/scaling_ae_share.sh    # print the commands
