@@ -15,12 +15,14 @@ The models themselves are dcae15.py's; official state dicts load through dcae15.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
+import subprocess
 import warnings
 import zipfile
 
@@ -79,6 +81,28 @@ def load_checkpoint(path):
     raise ValueError(f"{path} cannot be read (truncated or corrupt?): {reason.splitlines()[0]}")
 
 
+@functools.lru_cache(maxsize=None)
+def provenance():
+    """What made a file, beyond its flags: the commit of the code (with "+dirty" when tracked files
+    differed from it), the torch version and the CPU threads, as the process found them at its first
+    save. A CPU training repeats bit for bit only with all three the same (another thread count
+    splits the sums differently)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*words):
+        try:
+            return subprocess.run(["git", *words], cwd=here, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):  # no git, or not a clone
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {"commit": commit or None, "torch": str(torch.__version__),
+            "threads": torch.get_num_threads()}
+
+
 def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_choices, val_psnr,
                   disc=None, opt_disc=None):
     """The checkpoint train_ae.py writes: all it takes to resume exactly, and the EMA weights."""
@@ -96,6 +120,7 @@ def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_c
         "channel_choices": channel_choices,
         "val_psnr": {str(c): v for c, v in val_psnr.items()},
         "rng": rng,  # every rank's RNG states (common.gather_rng_states)
+        "provenance": provenance(),
     }
 
 
@@ -120,6 +145,7 @@ def dit_checkpoint(cfg, weights, step, args, rng, ae_info, latent_scale, num_cla
         "aug_channel_choices": aug_channel_choices,
         "class_names": class_names,
         "rng": rng,
+        "provenance": provenance(),
     }
 
 
@@ -146,13 +172,19 @@ def read_state_dict(path):
     return sd
 
 
-def fingerprint(state_dict):
-    """A short hash of a state dict's names and values: identifies an AE (cache key, DiT pair)."""
+def weights_sha256(state_dict):
+    """The sha256 of a state dict's names and values (not of a file, which also holds the run's
+    flags and paths): two trainings gave the same weights exactly when their hashes are equal."""
     h = hashlib.sha256()
     for k in sorted(state_dict):
         h.update(k.encode())
         h.update(state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def fingerprint(state_dict):
+    """weights_sha256, shortened: identifies an AE in cache keys and DiT checkpoints."""
+    return weights_sha256(state_dict)[:16]
 
 
 def read_autoencoder(path, ae_config=None):
@@ -222,7 +254,8 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
     dcae15.check_state_dict(ae, sd)
     ae.load_state_dict(sd, strict=True)
     info = {"path": path, "source": source, "ae_config": ae_config, "config": cfg.to_dict(),
-            "fingerprint": fingerprint(sd), "latent_scale": float(scale)}
+            "fingerprint": fingerprint(sd), "sha256": weights_sha256(sd),
+            "latent_scale": float(scale)}
     return ae.eval().requires_grad_(False), float(scale), info
 
 

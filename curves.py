@@ -33,6 +33,9 @@ import trainer
 # ==================================================================================================
 
 CURVE_KEYS = ("label", "run", "seed", "step")  # the CSV's first columns; then one per metric
+# then what the point was measured with: the DiT's autoencoder and the judge (weights_sha256 of
+# each), the commit of the code that trained the DiT, and the judging (samples, sampler steps, seed)
+PROVENANCE_KEYS = ("ae_sha256", "judge_sha256", "commit", "protocol")
 # may differ between the seeds of a curve
 RUN_FREE_ARGS = {"seed", "out", "resume", "max_steps", "log_every", "sample_every", "save_every",
                  "device", "cache_dir", "ae_ckpt", "encode_batch_size"} | trainer.HOW_ARGS
@@ -219,9 +222,9 @@ def curve_text(summary, metrics, speed, baseline, metric):
 
 def write_curve_csv(rows, path):
     """One line per (run, step), written atomically."""
-    fields = list(rows[0])
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # rows of older CSVs lack some
     with checkpoint.atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -231,15 +234,52 @@ def read_curve_csv(path):
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
-        metrics = [f for f in fields if f not in CURVE_KEYS]
+        metrics = [f for f in fields if f not in CURVE_KEYS + PROVENANCE_KEYS]
         if list(fields[: len(CURVE_KEYS)]) != list(CURVE_KEYS) or not metrics:
             raise ValueError(f"{path} is not a curve CSV: its header must start with "
                              f"{','.join(CURVE_KEYS)} and name at least one metric")
         rows = [{"label": r["label"], "run": r["run"], "seed": int(r["seed"]),
-                 "step": int(r["step"]), **{m: float(r[m]) for m in metrics}} for r in reader]
+                 "step": int(r["step"]), **{m: float(r[m]) for m in metrics},
+                 **{k: r[k] for k in PROVENANCE_KEYS if k in r}} for r in reader]
     if not rows:
         raise ValueError(f"{path} has no rows")
     return rows, metrics
+
+
+def join_rows(old, new, source):
+    """The rows of a comparison that grows over sessions: `old` (a curve CSV's, from `source`) with
+    the `new` runs' rows added; a run already in `old` (the same label and folder) is replaced.
+
+    Every run of one comparison must be measured with the same things: a new run whose autoencoder
+    differs from its label's runs in `old`, or whose judge or judging protocol differs from
+    theirs, does not join (an error says which), nor does a seed that a label already has."""
+    def one(rows, key, label=None):
+        return {r[key] for r in rows if label is None or r["label"] == label} - {"", None}
+
+    fresh = {(r["label"], r["run"]) for r in new}
+    kept = [r for r in old if (r["label"], r["run"]) not in fresh]
+    if any(not r.get("ae_sha256") or not r.get("judge_sha256") for r in kept):
+        raise ValueError(f"--add-to {source}: its rows do not record their autoencoder and judge "
+                         f"(a CSV written before the sha256 columns), so nothing can be added to "
+                         f"them; start a new CSV")
+    for key, what in (("judge_sha256", "judge"), ("protocol", "judging protocol")):
+        there, here = one(kept, key), one(new, key)
+        if there and here and there != here:
+            raise ValueError(f"--add-to {source}: its rows were judged with {what} {sorted(there)}, "
+                             f"these runs with {sorted(here)}; a comparison uses one {what} (train "
+                             f"the judge as its rows record it, or start another CSV)")
+    for label in dict.fromkeys(r["label"] for r in new):
+        there, here = one(kept, "ae_sha256", label), one(new, "ae_sha256", label)
+        if there and here and there != here:
+            raise ValueError(f"--add-to {source}: the runs of {label!r} there were trained on the "
+                             f"autoencoder {sorted(there)[0][:16]}..., these on "
+                             f"{sorted(here)[0][:16]}...; a comparison uses one autoencoder per arm")
+        seeds = {r["seed"]: r["run"] for r in kept if r["label"] == label}
+        for r in new:
+            if r["label"] == label and r["seed"] in seeds:
+                raise ValueError(f"--add-to {source}: {label!r} has seed {r['seed']} already "
+                                 f"({seeds[r['seed']]}); {r['run']} would count it twice")
+    return kept + new
 
 
 def rows_within_budget(rows, max_step, source):
@@ -341,6 +381,9 @@ def evaluate_runs(args, meta, cfg_scales, device):
     settings = {"judge": os.path.basename(judge_path), "num_samples": args.num_samples,
                 "cfg_scales": cfg_scales, "steps": args.steps, "seed": args.seed,
                 "num_val": args.num_val, "fid": inception is not None}
+    judged_with = {"judge_sha256": checkpoint.weights_sha256(judge.state_dict()),
+                   "protocol": f"samples {args.num_samples}, steps {args.steps}, seed {args.seed}, "
+                               f"val {args.num_val}"}
     rows, aes = [], {}
     for label, runs in meta.items():
         for folder, points, newest in runs:
@@ -372,6 +415,14 @@ def evaluate_runs(args, meta, cfg_scales, device):
             if newest["ae"]["fingerprint"] not in aes:  # every point cached: load the AE for its row
                 aes[newest["ae"]["fingerprint"]] = (newest["ae"]["path"],
                                                     checkpoint.load_dit(points[max(points)])[1])
+            made_with = {"ae_sha256": checkpoint.weights_sha256(
+                             aes[newest["ae"]["fingerprint"]][1].state_dict()),
+                         "judge_sha256": judged_with["judge_sha256"],
+                         "commit": newest.get("provenance", {}).get("commit") or "",
+                         "protocol": judged_with["protocol"]}
+            for row in rows:
+                if row["run"] == folder and "ae_sha256" not in row:
+                    row.update(made_with)
     ceiling = judge_accuracy(judge, xv, yv, args.batch_size, device)
     # a perfect generator's distance: real training images, as many as a point has samples (the FD
     # of a finite set is not 0); an AE's reconstructions of the same images are its DiT's floor

@@ -278,7 +278,14 @@ def cmd_curve(args, rank, world, device):
     result = {"command": "curve"}
     if not args.from_csv:
         rows, result["autoencoders"] = curves.evaluate_runs(args, meta, cfg_scales, device)
-        metrics = [m for m in rows[0] if m not in curves.CURVE_KEYS]  # with fid_g* when FID was on
+        metrics = [m for m in rows[0]  # with fid_g* when FID was on
+                   if m not in curves.CURVE_KEYS + curves.PROVENANCE_KEYS]
+        if args.add_to and os.path.isfile(args.add_to):
+            old, old_metrics = curves.read_curve_csv(args.add_to)
+            if old_metrics != metrics:
+                raise ValueError(f"--add-to {args.add_to} has the columns {old_metrics}, these runs "
+                                 f"{metrics}: measure them with the same --cfg-scales and --fid")
+            rows = curves.join_rows(old, rows, args.add_to)
         curves.write_curve_csv(rows, args.csv)
     summary = curves.summarise(rows, metrics)
     speed = curves.speedups(summary, baseline, args.speedup_metric)
@@ -404,6 +411,11 @@ def build_parser():
     v.add_argument("--csv", default=os.path.join("runs", "curve.csv"), help="table of every point")
     v.add_argument("--plot", default=os.path.join("runs", "curve.png"),
                    help="the curves (needs matplotlib)")
+    v.add_argument("--add-to", default=None, metavar="CSV",
+                   help="grow a comparison over sessions: keep this curve CSV's rows (a run of the "
+                        "same label and folder is measured anew) and add the runs of --run; a run "
+                        "whose autoencoder, judge or judging differs from the rows there (their "
+                        "sha256 and protocol columns) is refused")
     v.add_argument("--from-csv", default=None,
                    help="redraw the table, speed-ups and plot from a CSV (no checkpoints needed)")
     v.add_argument("--fid", default="auto", choices=["auto", "on", "off"],

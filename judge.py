@@ -80,20 +80,27 @@ def random_blur(x, max_sigma, generator=None):
 def train_judge(x, y, num_classes, steps, device, seed=0):
     """The judge: `steps` Adam steps (batch 64, cosine decay) on uint8 originals x with labels y,
     each batch blurred (random_blur, sigma up to 1.5 px) and with a little noise added."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    judge = class_judge(num_classes, x.shape[-1]).to(device)
-    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # a settled judge at the end
-    for _ in common.progress(range(steps), desc="training the judge"):
-        idx = torch.randint(len(x), (64,), generator=gen)
-        xb = random_blur(x[idx].float() / 127.5 - 1, 1.5, gen).to(device)
-        xb = xb + 0.1 * torch.randn_like(xb)  # and robust to the noise left in samples
-        loss = F.cross_entropy(judge(xb), y[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        decay.step()
+    threads = torch.get_num_threads()
+    # one thread on the CPU, whatever the caller's: the same judge bit for bit from any command
+    # (another thread count sums in another order), so that every run of a comparison meets it
+    torch.set_num_threads(1 if torch.device(device).type == "cpu" else threads)
+    try:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        judge = class_judge(num_classes, x.shape[-1]).to(device)
+        opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # a settled judge at the end
+        for _ in common.progress(range(steps), desc="training the judge"):
+            idx = torch.randint(len(x), (64,), generator=gen)
+            xb = random_blur(x[idx].float() / 127.5 - 1, 1.5, gen).to(device)
+            xb = xb + 0.1 * torch.randn_like(xb)  # and robust to the noise left in samples
+            loss = F.cross_entropy(judge(xb), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            decay.step()
+    finally:
+        torch.set_num_threads(threads)
     return judge.eval().requires_grad_(False)
 
 

@@ -164,7 +164,11 @@ def test_curve_end_to_end_and_cached_points(runs):
     assert [(r["label"], r["seed"], r["step"]) for r in rows] == [
         ("plain", "0", "2"), ("plain", "0", "4"), ("plain", "1", "2"), ("plain", "1", "4"),
         ("aug", "0", "2"), ("aug", "0", "4")]
-    assert set(rows[0]) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "share_g4", "fd_g4"}
+    assert list(rows[0]) == ["label", "run", "seed", "step", "share_g1", "fd_g1", "share_g4", "fd_g4",
+                             "ae_sha256", "judge_sha256", "commit", "protocol"]
+    ae_sha = checkpoint.weights_sha256(checkpoint.load_checkpoint(d / "ae" / "last.pt")["ema"])
+    assert {r["ae_sha256"] for r in rows} == {ae_sha} and len({r["judge_sha256"] for r in rows}) == 1
+    assert rows[0]["protocol"] == "samples 6, steps 2, seed 0, val 20"
     result = json.loads((d / "curve.json").read_text())
     aes = result["autoencoders"]
     assert 0 <= aes["judge_ceiling"] <= 1
@@ -186,6 +190,57 @@ def test_curve_end_to_end_and_cached_points(runs):
     budget = run_script("evaluate.py", [*curve_args(d, f"aug={d / 'aug0'}"), "--max-step", "3"])
     assert [r["step"] for r in json.loads((d / "curve.json").read_text())["rows"]] == [2]
     assert " step 2: " not in budget.stdout
+
+
+def test_curve_add_to_grows_a_comparison_and_refuses_other_conditions(runs, tmp_path):
+    d = runs
+    first = tmp_path / "first.csv"
+    args = [a if a != d / "curve.csv" else first for a in curve_args(d, f"plain={d / 'plain0'}")]
+    run_script("evaluate.py", args)
+    grown = tmp_path / "grown.csv"
+    args = [a if a != d / "curve.csv" else grown for a in curve_args(d, f"aug={d / 'aug0'}")]
+    run_script("evaluate.py", [*args, "--add-to", first])  # a later session's run, added
+    rows, _ = curves.read_curve_csv(grown)
+    assert [(r["label"], r["step"]) for r in rows] == [("plain", 2), ("plain", 4), ("aug", 2), ("aug", 4)]
+    # the same seed of a label twice, another judging protocol: refused before anything is written
+    args = [a if a != d / "curve.csv" else tmp_path / "no.csv" for a in curve_args(d, f"plain={d / 'plain1'}")]
+    seeds = [r if r["run"] != str(d / "plain0") else {**r, "seed": 1} for r in rows]
+    curves.write_curve_csv(seeds, tmp_path / "seeds.csv")
+    proc = run_script("evaluate.py", [*args, "--add-to", tmp_path / "seeds.csv"], check=False)
+    assert proc.returncode != 0 and "has seed 1 already" in proc.stderr and not (tmp_path / "no.csv").exists()
+    proc = run_script("evaluate.py", [*args, "--add-to", grown, "--num-samples", "8"], check=False)
+    assert proc.returncode != 0 and "judging protocol" in proc.stderr
+
+
+def test_join_rows_keeps_one_autoencoder_per_arm_and_one_judge():
+    def row(label, seed, ae="a", judge_sha="j"):
+        return {"label": label, "run": f"{label}-{seed}", "seed": seed, "step": 10, "fd_g1": 1.0,
+                "ae_sha256": ae, "judge_sha256": judge_sha, "commit": "c", "protocol": "p"}
+
+    old = [row("base", 0), row("new", 0, ae="b")]
+    assert len(curves.join_rows(old, [row("base", 1), row("new", 1, ae="b")], "x.csv")) == 4
+    assert curves.join_rows(old, [row("base", 0)], "x.csv")[-1]["run"] == "base-0"  # measured anew
+    with pytest.raises(ValueError, match="one autoencoder per arm"):
+        curves.join_rows(old, [row("new", 1, ae="a")], "x.csv")
+    with pytest.raises(ValueError, match="one judge"):
+        curves.join_rows(old, [row("base", 1, judge_sha="k")], "x.csv")
+    with pytest.raises(ValueError, match="has seed 0 already"):
+        curves.join_rows(old, [{**row("base", 0), "run": "elsewhere"}], "x.csv")
+
+
+def test_the_judge_is_the_same_bit_for_bit_at_any_thread_count():
+    x = torch.randint(0, 256, (64, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = torch.arange(64) % 10
+    threads = torch.get_num_threads()
+    try:
+        hashes = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            hashes.append(checkpoint.weights_sha256(judge.train_judge(x, y, 10, 3, torch.device("cpu")).state_dict()))
+            assert torch.get_num_threads() == n  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(threads)
+    assert hashes[0] == hashes[1]
 
 
 def test_curve_leaves_out_a_last_pt_that_changed_while_it_ran(runs, tmp_path, monkeypatch):
@@ -236,4 +291,5 @@ def test_curve_adds_fid_with_the_inception_weights(runs, tmp_path):
             "--inception-weights", weights, "--num-val", "8"]
     run_script("evaluate.py", args)
     (row,) = json.loads((tmp_path / "curve.json").read_text())["rows"]
-    assert set(row) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "fid_g1"} and row["fid_g1"] >= 0
+    assert set(row) - set(curves.PROVENANCE_KEYS) == {"label", "run", "seed", "step", "share_g1", "fd_g1", "fid_g1"}
+    assert row["fid_g1"] >= 0

@@ -50,6 +50,22 @@ def test_tiny_run_writes_checkpoint_and_picture(tmp_path):
     assert "d_loss" in open(os.path.join(out, "log.txt")).read()  # the GAN started at step 2
 
 
+def test_two_trainings_at_one_thread_give_one_sha256(tmp_path):
+    """Two fresh processes with OMP_NUM_THREADS=1 train the same weights bit for bit (what lets a
+    comparison that spans sessions train its autoencoders again), and the checkpoint says with
+    which code, torch and thread count."""
+    import checkpoint
+
+    hashes = []
+    for i in range(2):
+        out = str(tmp_path / f"run{i}")
+        run([*TINY, "--max-steps", "3", "--out", out], launcher=[sys.executable])
+        ckpt = checkpoint.load_checkpoint(os.path.join(out, "last.pt"))
+        hashes.append((checkpoint.weights_sha256(ckpt["ema"]), checkpoint.weights_sha256(ckpt["model"])))
+        assert ckpt["provenance"]["threads"] == 1 and ckpt["provenance"]["torch"] == torch.__version__
+    assert hashes[0] == hashes[1]
+
+
 def test_save_every_keeps_steps_between_pictures_and_leaves_the_run_unchanged(tmp_path):
     """--save-every is independent of --sample-every, keeping files does not perturb training, and
     step N of a longer run is the checkpoint of a run of N steps (weights, latent scale, PSNR)."""
