@@ -6,6 +6,7 @@
 # rows already there is refused, so a comparison can grow over sessions that each train the AEs again).
 #   bash experiments/convergence.sh                        # seeds 0 1 2, every arm (about 10 h on 2 cores)
 #   SEEDS=1 ARMS="base 15" bash experiments/convergence.sh # one seed pair (about 2 h with the AEs)
+#   CURVE=0 bash experiments/convergence.sh                # train only, judge later
 #   DRY_RUN=1 bash experiments/convergence.sh              # print the commands
 # The AEs and the judge train bit for bit alike at one thread (lib.sh sets OMP_NUM_THREADS=1); run this
 # from a git worktree of one commit, so that no edit reaches a run midway.
@@ -30,6 +31,7 @@ for s in ${SEEDS:-0 1 2}; do  # two commands at a time (one thread each)
   done
 done
 wait_all
+[ "${CURVE:-1}" = 1 ] || exit 0  # CURVE=0: train only (e.g. to choose the judging protocol first)
 # the runs of this call, added to the committed comparison (every point is kept in RUN/curve/)
 RUN_FLAGS=()
 for arm in ${ARMS:-base 15 sae-plain}; do
