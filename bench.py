@@ -17,9 +17,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import common
 import dcae15
-import fid
+from dcaelib import cli, distributed, fid, files, models, pictures, tiling
 
 
 def timed(fn, iters, warmup, device):
@@ -88,7 +87,7 @@ def activation_memory():
     card, rows = 80e9, []
     with torch.device("meta"):
         for name, size in (("dc-ae-f32c128-1.5", 256), ("dc-ae-f64c128-1.5", 512)):
-            ae = dcae15.DCAE(dcae15.build_dcae_config(name))
+            ae = models.build_autoencoder(models.autoencoder_config(name))
             x = torch.rand(1, 3, size, size)
             units = [op for stage in [*ae.encoder.stages, *ae.decoder.stages] for op in stage.op_list]
             c_half = ae.latent_channels // 2
@@ -122,9 +121,9 @@ def coding_memory(args, device):
     in --tile-size tiles, above what the model and its input already hold: CUDA's allocator peak,
     or on the CPU the process's peak resident memory, reset first where Linux allows it. One
     measurement a process: the CPU's peak cannot always be reset."""
-    cfg = dcae15.build_dcae_config(args.ae)
+    cfg = models.autoencoder_config(args.ae)
     cfg.check_image_size(args.image_size, "--image-size")
-    ae = dcae15.DCAE(cfg).to(device).eval().set_tiling(args.tile_size or None)
+    ae = tiling.tiled_above(models.build_autoencoder(cfg).to(device).eval(), args.tile_size)
     f, size = ae.spatial_compression_ratio, args.image_size
     shape = (args.batch_size, 3, size, size) if args.coding_memory == "encode" else \
         (args.batch_size, cfg.latent_channels, size // f, size // f)
@@ -135,7 +134,7 @@ def coding_memory(args, device):
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
-        common.release_free_memory()
+        files.release_free_memory()
         before = resident_bytes(reset_peak=True)
     with torch.no_grad():
         out = fn(inputs)
@@ -143,7 +142,7 @@ def coding_memory(args, device):
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         peak = peak_resident_bytes() - before
-    tiles = f"{args.tile_size} px tiles" if ae.tiling and size > args.tile_size else "whole"
+    tiles = f"{args.tile_size} px tiles" if args.tile_size and size > args.tile_size else "whole"
     print(f"{args.coding_memory} {args.ae}, {args.batch_size} x {size} px, {tiles}: peak "
           f"{peak / 2**20:.0f} MiB above the model and its input (the output itself: "
           f"{out.numel() * out.element_size() / 2**20:.0f} MiB)")
@@ -176,14 +175,14 @@ def build_pieces(args, device):
     autocast = dcae15.autocast(device)
     gen = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
-    cfg = dcae15.build_dcae_config(args.ae)
+    cfg = models.autoencoder_config(args.ae)
     cfg.check_image_size(args.image_size, "--image-size")
-    ae = dcae15.DCAE(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
+    ae = models.build_autoencoder(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
     f, C, B = ae.spatial_compression_ratio, ae.latent_channels, args.batch_size
     x = torch.rand(B, 3, args.image_size, args.image_size, device=device, generator=gen) * 2 - 1
     loss_fn = dcae15.AutoencoderLoss(l1_weight=1.0, lpips_weight=0.0)  # L1: no weights to download
     ae_opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
-    choices = dcae15.default_channel_choices(C)
+    choices = dcae15.default_c_prime_choices(C)
 
     def ae_train():  # one structured step: c' = c/2, reconstruct, L1, backward, AdamW
         with autocast:
@@ -207,8 +206,8 @@ def build_pieces(args, device):
             ae.decode(z)
 
     h = args.image_size // f
-    cfg = dcae15.build_backbone_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
-    dit = dcae15.build_backbone(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
+    cfg = models.build_backbone_config(args.dit, input_size=h, in_channels=C, num_classes=1000)
+    dit = models.build_backbone(cfg).to(device).set_grad_checkpointing(args.grad_checkpointing)
     if args.compile:
         ae.compile()
         dit.compile()
@@ -240,7 +239,7 @@ def build_pieces(args, device):
     }
     if not args.no_fid:
         inception = fid.FIDInception().to(device).eval()
-        images = common.to_uint8(x)
+        images = pictures.to_uint8(x)
         pieces["FID features (Inception, 299 px)"] = (lambda: inception(images), B, "img")
     return pieces
 
@@ -248,8 +247,8 @@ def build_pieces(args, device):
 def main(args):
     if args.activation_memory:
         return activation_memory()
-    common.check_positive(args, ("batch_size", "iters", "sample_steps"))
-    _, _, device = common.setup_distributed(args.device)
+    cli.check_positive(args, ("batch_size", "iters", "sample_steps"))
+    _, _, device = distributed.setup_distributed(args.device)
     if args.coding_memory:
         return coding_memory(args, device)
     pieces = build_pieces(args, device)
@@ -280,10 +279,10 @@ def build_parser():
     p = argparse.ArgumentParser(description="Throughput of each piece of dcae15 on this device.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ae", default="dc-ae-f16c64-classroom",
-                   help=f"AE preset: {', '.join(dcae15.DCAE_CONFIGS)}")
+                   help=f"AE preset: {', '.join(models.AUTOENCODER_CONFIGS)}")
     p.add_argument("--dit", default="DiT-classroom", metavar="PRESET",
-                   choices=[*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS],
-                   help=f"diffusion model preset: {', '.join([*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS])}")
+                   choices=models.BACKBONE_PRESETS,
+                   help=f"diffusion model preset: {', '.join(models.BACKBONE_PRESETS)}")
     p.add_argument("--image-size", type=int, default=64, help="image resolution")
     p.add_argument("--batch-size", type=int, default=16, help="items per iteration")
     p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
@@ -310,4 +309,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.command_line(main, build_parser())
+    cli.command_line(main, build_parser())

@@ -1,6 +1,8 @@
 """
-dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss, a DiT, the
-diffusion objectives with augmented diffusion training and their samplers, and the official weights.
+dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss and training
+phases, a DiT, the diffusion objectives with augmented diffusion training and their samplers, and
+the official weights. It needs torch and the standard library only (lpips for the perceptual loss,
+safetensors for .safetensors files): copied alone into a notebook, all of it works.
 
 Papers:
   DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion
@@ -8,24 +10,27 @@ Papers:
   DC-AE 1.5  Chen et al., "DC-AE 1.5: Accelerating Diffusion Model Convergence with Structured
              Latent Space", ICCV 2025, arXiv 2508.00413
   DiT        Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv 2212.09748
-  U-ViT      Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", arXiv 2209.12152
+  SiT        Ma et al., "SiT: Exploring Flow and Diffusion-based Generative Models with Scalable
+             Interpolant Transformers", arXiv 2401.08740
   DDPM/DDIM  Ho et al., arXiv 2006.11239; Song et al., arXiv 2010.02502
 
 Map of this file (section -> paper):
   1. Configs                       -> DC-AE 1.5 model zoo (f32c128 / f64c128), DC-AE Sec. 3
   2. Autoencoder building blocks   -> DC-AE Sec. 3.2 "residual autoencoding" (space-to-channel)
-  3. Encoder / Decoder / DCAE      -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs; tiled coding
+  3. Encoder / Decoder / DCAE      -> DC-AE Fig. 4; DC-AE 1.5 adaptive in/out convs
   4. Structured latent space       -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, c'
-  5. Autoencoder loss              -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN
+  5. Autoencoder loss and phases   -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN, three phases
   6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
-  6b. U-ViT                        -> U-ViT Sec. 3; the DC-AE 1.5 USiT models (U-ViT + flow)
-  7. Diffusion objective + sampler -> DDPM eq. 14 (eps-prediction), DC-AE 1.5 Sec. 3 "Augmented
-                                      Diffusion Training", DDIM eq. 12, classifier-free guidance
-  8. Official weights              -> the official DC-AE 1.5 checkpoints, the latent scaling factor
+  7. Diffusion objectives          -> DDPM eq. 14 (eps-prediction), SiT's linear flow, DC-AE 1.5
+                                      Sec. 3 "Augmented Diffusion Training", DDIM eq. 12, Heun,
+                                      classifier-free guidance
+  8. Weights and the latent scale  -> the official checkpoints, the latent scaling factor
 
 Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial
-compression. Module and parameter names follow the official DC-Gen code, so official state dicts
-load key for key.
+compression; c is the number of latent channels (`latent_channels`) and c' <= c the number a
+partial latent keeps (`c_prime`). Module and parameter names follow the official DC-Gen code, so
+official state dicts load key for key. Beside this file, dcaelib/ holds DC-AE 1.0 (dcae10.py), the
+U-ViT (uvit.py), tiled coding (tiling.py) and what the scripts share.
 """
 
 import math
@@ -38,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
 
 # ==================================================================================================
 # 1. Configs
@@ -74,9 +80,8 @@ class DecoderConfig:
 @dataclass
 class DCAEConfig:
     in_channels: int = 3
-    # c in the paper. The official code uses the same name for c' as an argument:
-    # encode(x, latent_channels=c') returns the first c' channels. Elsewhere in this project a c' is
-    # called c_prime.
+    # c in the paper. (The official code also calls c' `latent_channels` where it is an argument,
+    # encode(x, latent_channels=c'); here c' is always `c_prime`.)
     latent_channels: int = 128
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -128,57 +133,17 @@ DCAE_CONFIGS = {
     # f16, many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an
     # official model.
     "dc-ae-f16c64-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 64),
-    # The same with fewer latent channels, for the paper's channel trade-off (Fig. 1b) in
-    # miniature: more channels reconstruct better and are harder for a diffusion model to learn.
-    "dc-ae-f16c32-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 32),
-    "dc-ae-f16c16-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 16),
     # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
     "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
 }
 
 
-def _dcae_10_config(width_list, enc_depth, dec_depth, latent_channels, scaling_factor=None):
-    """DC-AE 1.0 (DC-Gen `dc_ae_f32c32` / `dc_ae_f64c128` / `dc_ae_f128c512`): ResBlocks in the
-    first three stages, EfficientViT blocks in the deep ones; BatchNorm + ReLU in the decoder's
-    shallow stages; the shortcuts around the encoder's last and the decoder's first conv; ReLU at
-    the end."""
-    n = len(width_list)
-    blocks = ("ResBlock",) * 3 + ("EViTGLU",) * (n - 3)
-    enc = EncoderConfig(tuple(width_list), tuple(enc_depth), block_type=blocks,
-                        out_shortcut="averaging")
-    dec = DecoderConfig(tuple(width_list), tuple(dec_depth), block_type=blocks,
-                        norm=("bn2d",) * 3 + ("trms2d",) * (n - 3),
-                        act=("relu",) * 3 + ("silu",) * (n - 3),
-                        out_act="relu", in_shortcut="duplicating")
-    return DCAEConfig(latent_channels=latent_channels, scaling_factor=scaling_factor,
-                      encoder=enc, decoder=dec)
-
-
-# DC-AE 1.0, the paper's baseline; the "-mix-1.0" models share these architectures.
-_F32 = [128, 256, 512, 512, 1024, 1024]
-DCAE_CONFIGS.update({
-    # the scaling factors the official code pairs with the ImageNet weights
-    "dc-ae-f32c32-in-1.0": _dcae_10_config(_F32, [0, 4, 8, 2, 2, 2], [0, 5, 10, 2, 2, 2], 32,
-                                           0.3189),
-    "dc-ae-f64c128-in-1.0": _dcae_10_config(_F32 + [2048], [0, 4, 8, 2, 2, 2, 2],
-                                            [0, 5, 10, 2, 2, 2, 2], 128, 0.2889),
-    "dc-ae-f128c512-in-1.0": _dcae_10_config(_F32 + [2048, 2048], [0, 4, 8, 2, 2, 2, 2, 2],
-                                             [0, 5, 10, 2, 2, 2, 2, 2], 512),
-    # NOTE: ours, not official: the 1.0 architecture at the classroom and test sizes
-    "dc-ae-f16c64-classroom-1.0": _dcae_10_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2],
-                                                  [0, 1, 1, 2, 2], 64),
-    "dc-ae-tiny-1.0": _dcae_10_config([8, 16, 32, 32], [0, 1, 1, 1], [0, 1, 1, 1], 8),
-})
-for _name in ("f32c32", "f64c128", "f128c512"):
-    DCAE_CONFIGS[f"dc-ae-{_name}-mix-1.0"] = DCAEConfig.from_dict(
-        {**DCAE_CONFIGS[f"dc-ae-{_name}-in-1.0"].to_dict(), "scaling_factor": None})
-
-
 def build_dcae_config(name):
+    """A fresh copy (the caller may edit it) of the preset `name` of DCAE_CONFIGS."""
     if name not in DCAE_CONFIGS:
         raise ValueError(f"unknown autoencoder preset {name!r}; choose one of "
                          f"{sorted(DCAE_CONFIGS)}")
-    return DCAEConfig.from_dict(DCAE_CONFIGS[name].to_dict())  # a fresh copy the caller may edit
+    return DCAEConfig.from_dict(DCAE_CONFIGS[name].to_dict())
 
 
 # ==================================================================================================
@@ -381,82 +346,6 @@ class AdaptiveInputConv(nn.Module):
         return F.conv2d(z, self.conv.weight[:, : z.shape[1]], self.conv.bias, padding=1)
 
 
-class LiteMLA(nn.Module):
-    """DC-AE 1.0's attention (EfficientViT's "lightweight multi-scale linear attention"), here with
-    one scale: heads of 32 channels; q and k through ReLU, then softmax-free linear attention
-    out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n), which costs O(N) in the N = H W positions.
-
-    NOTE: the official code switches to the quadratic form of the same sum for N <= 32; it agrees to
-    rounding (~1e-7), so only the linear form is here. As official, autocast is off inside, fp16 is
-    computed in fp32 and bf16 matmuls are divided in fp32.
-    """
-
-    def __init__(self, channels, norm, dim=32, eps=1e-15):
-        super().__init__()
-        self.dim, self.eps = dim, eps
-        self.qkv = ConvLayer(channels, 3 * channels, 1, bias=False)
-        self.aggreg = nn.ModuleList()  # the multi-scale branches of EViTS5GLU; EViTGLU has none
-        self.proj = ConvLayer(channels, channels, 1, bias=False, norm=norm)
-
-    def forward(self, x):  # (B, C, H, W)
-        qkv = self.qkv(x)
-        B, _, H, W = qkv.shape
-        with torch.autocast(x.device.type, enabled=False):
-            dtype = qkv.dtype
-            qkv = qkv.float() if dtype == torch.float16 else qkv
-            # per head (head-major): channels [q 0:32 | k 32:64 | v 64:96] -> (B, heads, 32, N) each
-            q, k, v = qkv.reshape(B, -1, 3 * self.dim, H * W).split(self.dim, dim=2)
-            q, k = F.relu(q), F.relu(k)
-            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones: the last output row is the sum
-            out = (v @ k.transpose(-1, -2)) @ q  # (B, heads, 33, N)
-            out = out.float()
-            out = (out[:, :, :-1] / (out[:, :, -1:] + self.eps)).to(dtype)
-        return self.proj(out.reshape(B, -1, H, W))
-
-
-class GLUMBConv(nn.Module):
-    """DC-AE 1.0's feed-forward: 1x1 conv to 2 x 4C (act), 3x3 depthwise conv, gate
-    half x act(half), 1x1 conv back to C (norm)."""
-
-    def __init__(self, channels, norm, act, expand_ratio=4):
-        super().__init__()
-        mid = channels * expand_ratio
-        self.glu_act = build_act(act)
-        self.inverted_conv = ConvLayer(channels, 2 * mid, 1, bias=True, act=act)
-        self.depth_conv = ConvLayer(2 * mid, 2 * mid, 3, bias=True, groups=2 * mid)
-        self.point_conv = ConvLayer(mid, channels, 1, bias=False, norm=norm)
-
-    def forward(self, x):
-        x, gate = self.depth_conv(self.inverted_conv(x)).chunk(2, dim=1)
-        return self.point_conv(x * self.glu_act(gate))
-
-
-class EfficientViTBlock(nn.Module):
-    """DC-AE 1.0's "EViTGLU" block: x + LiteMLA(x), then x + GLUMBConv(x)."""
-
-    def __init__(self, channels, norm, act):
-        super().__init__()
-        self.context_module = ResidualBlock(LiteMLA(channels, norm), nn.Identity())
-        self.local_module = ResidualBlock(GLUMBConv(channels, norm, act), nn.Identity())
-
-    def forward(self, x):
-        return self.local_module(self.context_module(x))
-
-
-def build_block(block_type, channels, norm, act):
-    """One block of a stage: "ResBlock" (DC-AE 1.5, and 1.0's first stages) or "EViTGLU" (1.0)."""
-    if block_type == "ResBlock":
-        return ResidualBlock(ResBlock(channels, norm, act), nn.Identity())
-    if block_type == "EViTGLU":
-        return EfficientViTBlock(channels, norm, act)
-    raise ValueError(f"unsupported block type {block_type!r}; choose 'ResBlock' or 'EViTGLU'")
-
-
-def per_stage(value, i):
-    """A config value for stage i: the same name for every stage, or one per stage."""
-    return value[i] if isinstance(value, (tuple, list)) else value
-
-
 # ==================================================================================================
 # 3. Encoder / Decoder / DCAE
 # ==================================================================================================
@@ -468,16 +357,19 @@ def _check_lists(width_list, depth_list, who):
                          f"{width_list}, {depth_list}")
     if any(d <= 0 for d in depth_list[1:]):
         raise ValueError(f"{who}: every stage after the first needs depth >= 1 (a zero-depth stage "
-                         f"would skip "
-                         f"its resampling), got depth_list={depth_list}")
+                         f"would skip its resampling), got depth_list={depth_list}")
     if any(w % 4 for w in width_list[1:]):
         raise ValueError(f"{who}: widths must be multiples of 4 for the pixel (un)shuffle layers, "
                          f"got {width_list}")
 
 
 class Encoder(nn.Module):
+    """Images to the first c' latent channels: stem, stages of residual blocks that each end in a
+    2x downsample with its channel-averaging shortcut, and the adaptive output conv."""
+
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
+        self.cfg = cfg
         e = cfg.encoder
         w, d = e.width_list, e.depth_list
         _check_lists(w, d, "encoder")
@@ -491,8 +383,7 @@ class Encoder(nn.Module):
         # but keeps the official stage indices (the f32 encoder's first keys are under stages.1).
         self.stages = nn.ModuleList()
         for i in range(len(w)):
-            ops = [build_block(per_stage(e.block_type, i), w[i], per_stage(e.norm, i), e.act)
-                   for _ in range(d[i])]
+            ops = [self.block(i, w[i]) for _ in range(d[i])]
             if i < len(w) - 1 and d[i] > 0:  # downsample at the end of every stage but the last
                 ops.append(ResidualBlock(ConvPixelUnshuffleDownsample(w[i], w[i + 1]),
                                          ChannelAveragingDownsample(w[i], w[i + 1])))
@@ -500,40 +391,36 @@ class Encoder(nn.Module):
         # DC-AE 1.5 drops 1.0's averaging shortcut here: latent channel k of the shortcut is the
         # mean of a fixed group of features, which a partial latent cuts off with it.
         self.project_out = OpSequential([AdaptiveOutputConv(w[-1], cfg.latent_channels)])
-        if e.out_shortcut == "averaging":  # DC-AE 1.0 (keys encoder.project_out.main....)
-            shortcut = ChannelAveragingDownsample(w[-1], cfg.latent_channels, factor=1)
-            self.project_out = ResidualBlock(self.project_out, shortcut)
-        elif e.out_shortcut is not None:
-            raise ValueError(f"unsupported encoder out_shortcut {e.out_shortcut!r}; choose None or "
-                             f"'averaging'")
 
-    def forward(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
+    def block(self, i, channels):
+        """A residual block of stage i (DC-AE 1.0's file gives its deep stages other blocks)."""
+        e = self.cfg.encoder
+        return ResidualBlock(ResBlock(channels, e.norm, e.act), nn.Identity())
+
+    def forward(self, x, c_prime=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
         x = self.project_in(x)  # (B, width[1], H/2, W/2)
         for stage in self.stages:  # empty stages (depth 0) pass x through unchanged
             x = stage(x)
         # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f): the trunk runs once whatever c' is
-        if isinstance(self.project_out, ResidualBlock):  # 1.0: the first c' of conv + shortcut
-            out = self.project_out
-            z = out.main.op_list[0](x, out_channels=latent_channels)
-            return z + out.shortcut(x)[:, :latent_channels]
-        return self.project_out.op_list[0](x, out_channels=latent_channels)
+        return self.to_latent(x, c_prime)
+
+    def to_latent(self, x, c_prime):
+        # the op_list of one conv keeps the official key encoder.project_out.op_list.0.conv.weight
+        return self.project_out.op_list[0](x, out_channels=c_prime)
 
 
 class Decoder(nn.Module):
+    """The first c' latent channels to images: the adaptive input conv (missing channels act as
+    zeros), stages that each start with a 2x upsample and its channel-duplicating shortcut, and the
+    head (norm, act, pixel-shuffle conv)."""
+
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
+        self.cfg = cfg
         dc = cfg.decoder
         w, d = dc.width_list, dc.depth_list
         _check_lists(w, d, "decoder")
-        # no shortcut in 1.5 (see Encoder)
-        self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])
-        if dc.in_shortcut == "duplicating":  # DC-AE 1.0 (keys decoder.project_in.main....)
-            shortcut = ChannelDuplicatingUpsample(cfg.latent_channels, w[-1], factor=1)
-            self.project_in = ResidualBlock(self.project_in, shortcut)
-        elif dc.in_shortcut is not None:
-            raise ValueError(f"unsupported decoder in_shortcut {dc.in_shortcut!r}; choose None or "
-                             f"'duplicating'")
-        self.latent_channels = cfg.latent_channels
+        self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])  # no shortcut in 1.5
         # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
         self.stages = nn.ModuleList()
         for i in range(len(w)):
@@ -542,8 +429,7 @@ class Decoder(nn.Module):
             if i < len(w) - 1 and d[i] > 0:
                 ops.append(ResidualBlock(ConvPixelShuffleUpsample(w[i + 1], w[i]),
                                          ChannelDuplicatingUpsample(w[i + 1], w[i])))
-            ops += [build_block(per_stage(dc.block_type, i), w[i], per_stage(dc.norm, i),
-                                per_stage(dc.act, i)) for _ in range(d[i])]
+            ops += [self.block(i, w[i]) for _ in range(d[i])]
             self.stages.append(OpSequential(ops))
         # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv.
         # With depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder
@@ -555,63 +441,16 @@ class Decoder(nn.Module):
             last = ConvPixelShuffleUpsample(c, cfg.in_channels)
         self.project_out = OpSequential([build_norm(dc.out_norm, c), build_act(dc.out_act), last])
 
+    def block(self, i, channels):
+        """A residual block of stage i (DC-AE 1.0's file gives other blocks, norms and acts)."""
+        dc = self.cfg.decoder
+        return ResidualBlock(ResBlock(channels, dc.norm, dc.act), nn.Identity())
+
     def forward(self, z):  # (B, c', h, w) -> (B, 3, H, W)
-        if isinstance(self.project_in, ResidualBlock) and z.shape[1] < self.latent_channels:
-            # DC-AE 1.0: zero-fill to c channels for the shortcut (the conv would take c' as they are)
-            z = F.pad(z, (0, 0, 0, 0, 0, self.latent_channels - z.shape[1]))
         x = self.project_in(z)  # (B, width[-1], h, w); missing channels act as zeros
         for stage in reversed(self.stages):  # deepest stage first; stage i ends at H / 2^i
             x = stage(x)
         return self.project_out(x)
-
-
-def tile_starts(size, tile, overlap):
-    """Where the tiles of `tile` cells start along an axis of `size` cells: they cover it, spread
-    evenly from 0 to size - tile, and neighbours overlap by at least `overlap` cells."""
-    if size <= tile:
-        return [0]
-    n = math.ceil((size - overlap) / (tile - overlap))  # the fewest tiles that overlap enough
-    return [round(k * (size - tile) / (n - 1)) for k in range(n)]
-
-
-def blend_weights(start, length, size, ramp):
-    """A tile's weight along one axis: 1, falling linearly towards 0 over the `ramp` cells at each
-    side that has a neighbour (not at the image's border). Where two tiles overlap by `ramp`, their
-    weights sum to 1: a linear cross-fade from one to the other."""
-    w = torch.ones(length)
-    if ramp > 0:
-        r = (torch.arange(ramp) + 0.5) / ramp  # 1/(2 ramp) ... 1 - 1/(2 ramp): never 0
-        if start > 0:
-            w[:ramp] = torch.minimum(w[:ramp], r)
-        if start + length < size:
-            w[-ramp:] = torch.minimum(w[-ramp:], r.flip(0))
-    return w
-
-
-def tiled(fn, x, tile, overlap, cell_in, cell_out):
-    """fn over overlapping tiles of x (B, C, H, W), blended: what encode / decode do with tiling on.
-
-    Sizes count cells of the latent grid: one cell is `cell_in` pixels of x and `cell_out` of fn's
-    output (f and 1 for encode, 1 and f for decode), so that every tile starts on the latent grid.
-    Each output pixel is the weighted mean of the tiles that cover it (`blend_weights`). Memory: the
-    output, and one tile's activations at a time.
-    """
-    grid_h, grid_w = x.shape[2] // cell_in, x.shape[3] // cell_in
-    out = weight = None
-    for i in tile_starts(grid_h, tile, overlap):
-        for j in tile_starts(grid_w, tile, overlap):
-            y = fn(x[:, :, i * cell_in:(i + tile) * cell_in, j * cell_in:(j + tile) * cell_in])
-            h, w = y.shape[2:]
-            top, left = i * cell_out, j * cell_out
-            wy = blend_weights(top, h, grid_h * cell_out, overlap * cell_out)
-            wx = blend_weights(left, w, grid_w * cell_out, overlap * cell_out)
-            wt = (wy[:, None] * wx[None]).to(y)
-            if out is None:
-                out = y.new_zeros(y.shape[0], y.shape[1], grid_h * cell_out, grid_w * cell_out)
-                weight = y.new_zeros(grid_h * cell_out, grid_w * cell_out)
-            out[:, :, top:top + h, left:left + w] += y * wt
-            weight[top:top + h, left:left + w] += wt
-    return out.div_(weight)  # in place: no second image-sized tensor
 
 
 class DCAE(nn.Module):
@@ -619,20 +458,30 @@ class DCAE(nn.Module):
 
     encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and
     treats the missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
-    set_tiling makes both code large images in overlapping tiles.
     """
+
+    PRESETS = DCAE_CONFIGS  # what from_pretrained builds (dcaelib/dcae10.py: DC-AE 1.0's)
+    encoder_class, decoder_class = Encoder, Decoder
 
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
+        self.check_config(cfg)
         self.cfg = cfg
         # the only two children, so state-dict keys start with "encoder." / "decoder." as in the
         # official files
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
-        self.tiling = None  # (tile, overlap) in latent cells: set_tiling
+        self.encoder = self.encoder_class(cfg)
+        self.decoder = self.decoder_class(cfg)
+
+    @staticmethod
+    def check_config(cfg):
+        e, d = cfg.encoder, cfg.decoder
+        if (e.out_shortcut, d.in_shortcut) != (None, None) or "EViTGLU" in (
+                *_as_tuple(e.block_type), *_as_tuple(d.block_type)):
+            raise ValueError("a DC-AE 1.0 config (EfficientViT blocks or latent shortcuts): build "
+                             "it with dcaelib.dcae10.DCAE10, or dcaelib.models.build_autoencoder")
 
     @property
-    def latent_channels(self):
+    def latent_channels(self):  # c
         return self.cfg.latent_channels
 
     @property
@@ -654,67 +503,83 @@ class DCAE(nn.Module):
             stage.grad_checkpointing = enable
         return self
 
-    def set_tiling(self, tile_size=None, overlap=None):
-        """Encode and decode images larger than `tile_size` pixels (a side) in tiles of that size
-        that overlap by `overlap` pixels (default a quarter tile) and are blended linearly across
-        it, so that memory stops growing with the image beyond one tile. None turns tiling off.
-        Both must be multiples of the spatial compression f (tiles start on the latent grid), with
-        overlap <= tile_size / 2. Near a tile's border the network sees the tile's padding instead
-        of its neighbours, so tiled results differ a little from whole-image ones (the README says
-        how much); an image that fits in one tile is coded whole, exactly as without tiling."""
-        if tile_size is None:
-            self.tiling = None
-            return self
-        f = self.spatial_compression_ratio
-        overlap = tile_size // 4 // f * f if overlap is None else overlap
-        if tile_size <= 0 or tile_size % f or overlap < 0 or overlap % f or 2 * overlap > tile_size:
-            raise ValueError(f"tiles of {tile_size} px overlapping by {overlap} px do not fit this "
-                             f"autoencoder: both must be multiples of its spatial compression {f}, "
-                             f"with 0 <= overlap <= tile / 2")
-        self.tiling = (tile_size // f, overlap // f)
-        return self
-
-    def check_latent_channels(self, c_prime):
+    def check_c_prime(self, c_prime):
         c = self.cfg.latent_channels
         if c_prime is not None and not (isinstance(c_prime, int) and 1 <= c_prime <= c):
-            raise ValueError(f"latent_channels (c') must be an int in [1, {c}], got {c_prime!r}")
+            raise ValueError(f"c' must be an int in [1, {c}], got {c_prime!r}")
 
-    def encode(self, x, latent_channels=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
+    def encode(self, x, c_prime=None):  # (B, 3, H, W) -> (B, c', H/f, W/f)
         self.check_images(x)
-        self.check_latent_channels(latent_channels)
-        f = self.spatial_compression_ratio
-        if self.tiling and max(x.shape[2:]) > self.tiling[0] * f:
-            return tiled(lambda t: self.encoder(t, latent_channels), x, *self.tiling, f, 1)
-        return self.encoder(x, latent_channels)
+        self.check_c_prime(c_prime)
+        return self.encoder(x, c_prime)
 
     def decode(self, z):  # (B, c', h, w) -> (B, 3, h*f, w*f)
         if z.dim() != 4 or not (1 <= z.shape[1] <= self.cfg.latent_channels):
             raise ValueError(f"expected a latent of shape (B, c', h, w) with 1 <= c' <= "
                              f"{self.cfg.latent_channels}, got {tuple(z.shape)}")
-        if self.tiling and max(z.shape[2:]) > self.tiling[0]:
-            return tiled(self.decoder, z, *self.tiling, 1, self.spatial_compression_ratio)
         return self.decoder(z)
 
-    def forward(self, x, latent_channels=None):
-        """Reconstruct x from its first c' latent channels: D(E(x) * mask_{c,c'}).
+    def forward(self, x, c_prime=None):
+        """Reconstruct x from its first c' latent channels: D(E(x) * mask_{c,c'}). Returns
+        (x_rec, z). c_prime is one of:
 
-        `latent_channels` may be None (all), an int (one c' for the batch: the encoder computes only
-        c' channels) or a (B,) tensor (one c' per sample: the full latent is masked). Returns
-        (x_rec, z). A list of ints [c'_1, c'_2, ...] reconstructs from each in turn, with one
-        encoder pass (for the largest c') and one decoder pass per c', as the official AE trainer's
-        `num_sample_latent_channels` does; it returns ([x_rec_1, x_rec_2, ...], z).
+        - None: all c channels (the plain autoencoder, evaluation);
+        - an int: one c' for the batch (train_ae.py's default): the encoder computes only c'
+          channels, the same function as masking, cheaper;
+        - a (B,) tensor: one c' per sample, the full latent masked (EXERCISES.md, exercise 3);
+        - a list of ints [c'_1, c'_2, ...]: one encoder pass (for the largest c') and one decoder
+          pass per c', as the official AE trainer's `num_sample_latent_channels` does; returns
+          ([x_rec_1, x_rec_2, ...], z). A list of (B,) tensors masks the full latent for each
+          (train_ae.py --compile: every step the same shapes, so nothing is compiled again).
         """
-        if isinstance(latent_channels, (list, tuple)):
-            z = self.encode(x, max(latent_channels))  # the trunk runs once
-            return [self.decode(z[:, :c]) for c in latent_channels], z
-        if isinstance(latent_channels, torch.Tensor):
+        if isinstance(c_prime, (list, tuple)):
+            if isinstance(c_prime[0], torch.Tensor):
+                z = self.encode(x)
+                return [self.decode(z * channel_mask(self.latent_channels, c).to(z.dtype))
+                        for c in c_prime], z
+            z = self.encode(x, max(c_prime))  # the trunk runs once
+            return [self.decode(z[:, :c]) for c in c_prime], z
+        if isinstance(c_prime, torch.Tensor):
             z = self.encode(x)  # (B, c, h, w)
-            # zero channels >= c'_i
-            z = z * channel_mask(self.cfg.latent_channels, latent_channels).to(z.dtype)
+            z = z * channel_mask(self.cfg.latent_channels, c_prime).to(z.dtype)  # zero channels >= c'_i
         else:
-            # (B, c', h, w): the truncated latent, same function, cheaper
-            z = self.encode(x, latent_channels)
+            z = self.encode(x, c_prime)  # (B, c', h, w): the truncated latent
         return self.decode(z), z
+
+    @classmethod
+    def from_state_dict(cls, cfg, state_dict):
+        """An autoencoder of `cfg` with these weights, loaded strictly: a missing, unexpected or
+        mis-shaped key is an error that lists the first offenders (`check_state_dict`), never
+        ignored. Keys outside "encoder." / "decoder." (a discriminator, training state) are
+        dropped, as the official loader does; DDP's and torch.compile's prefixes are removed."""
+        sd = autoencoder_state_dict(state_dict)
+        ae = cls(cfg)
+        check_state_dict(ae, sd)
+        ae.load_state_dict(sd, strict=True)
+        return ae.eval()
+
+    @classmethod
+    def from_pretrained(cls, weights, preset):
+        """The official weights of `preset` (a name of cls.PRESETS): (ae in eval mode, the latent
+        scaling factor). `weights`: a file (model.safetensors from the Hugging Face repos
+        dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5, or a .pt / .pth) or a state dict.
+        The factor is None where the official code gives none (f32c128-1.5): measure it with
+        `measure_latent_scale` before training a diffusion model.
+        (A diffusers folder or a Hub id: dcaelib.files.load_autoencoder reads those.)"""
+        if preset not in cls.PRESETS:
+            raise ValueError(f"unknown autoencoder preset {preset!r} for {cls.__name__}; choose one "
+                             f"of {sorted(cls.PRESETS)}")
+        cfg = DCAEConfig.from_dict(cls.PRESETS[preset].to_dict())
+        state_dict = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else weights
+        if cfg.scaling_factor is None:
+            warnings.warn(f"no official latent scaling factor is known for {preset}; measure it "
+                          f"on your data with dcae15.measure_latent_scale (1 / RMS of the latents) "
+                          f"before training a diffusion model")
+        return cls.from_state_dict(cfg, state_dict), cfg.scaling_factor
+
+
+def _as_tuple(value):  # a config value given once for every stage, or one per stage
+    return value if isinstance(value, (tuple, list)) else (value,)
 
 
 # ==================================================================================================
@@ -744,7 +609,7 @@ def channel_mask(latent_channels, c_prime, device=None):
     return (torch.arange(c, device=device).view(1, -1) < keep).float()[:, :, None, None]
 
 
-def default_channel_choices(latent_channels):
+def default_c_prime_choices(latent_channels):
     """Candidate values of c': multiples of c/8 up to c (16, 32, ..., 128 for c = 128).
 
     NOTE: a guess. The official list is unreleased; the official checkpoints of the paper's Figure 3
@@ -753,7 +618,7 @@ def default_channel_choices(latent_channels):
     return sorted({max(1, round(latent_channels * k / 8)) for k in range(1, 9)})
 
 
-def check_channel_choices(choices, latent_channels):
+def check_c_prime_choices(choices, latent_channels):
     choices = [int(c) for c in choices]
     if not choices or any(not (1 <= c <= latent_channels) for c in choices):
         raise ValueError(f"channel choices must be a non-empty list of values in "
@@ -761,14 +626,14 @@ def check_channel_choices(choices, latent_channels):
     return sorted(set(choices))
 
 
-def sample_channel_list(choices, num_samples=1, always_max=False, always_min_max=False,
+def sample_c_primes(choices, num_samples=1, always_max=False, always_min_max=False,
                         generator=None):
     """The c' values one AE training step reconstructs from, as the official AE trainer draws them.
 
     num_samples values in all: with always_max the first is the full latent (choices[-1]); with
     always_min_max the first two are the smallest and the full one (choices[0], choices[-1]); the
     rest are uniform draws with replacement. With the defaults this is one uniform draw, the same
-    one `sample_latent_channels` makes.
+    one `sample_c_prime` makes.
     """
     fixed = [choices[-1]] if always_max else [choices[0], choices[-1]] if always_min_max else []
     if always_max and always_min_max:
@@ -784,7 +649,7 @@ def sample_channel_list(choices, num_samples=1, always_max=False, always_min_max
     return fixed + [choices[i] for i in idx.tolist()]
 
 
-def sample_latent_channels(choices, batch_size=None, generator=None, device=None):
+def sample_c_prime(choices, batch_size=None, generator=None, device=None):
     """Draw c' uniformly (with replacement) from `choices`.
 
     batch_size=None gives one int for the whole batch, as the official trainer does (every sample of
@@ -802,8 +667,9 @@ def sample_latent_channels(choices, batch_size=None, generator=None, device=None
 
 
 # ==================================================================================================
-# 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge)
+# 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge), and DC-AE's training phases
 # ==================================================================================================
+
 
 VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads for VGG16
 
@@ -1016,11 +882,7 @@ DiT_CONFIGS = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-B": dict(depth=12, hidden_size=768, num_heads=12),
     "DiT-S": dict(depth=12, hidden_size=384, num_heads=6),
-    "DiT-classroom": dict(depth=6, hidden_size=128, num_heads=4),
-    # NOTE: ours: the classroom DiT at half and twice its width (about 1/4 and 4x its parameters),
-    # heads of 32 channels, for the scaling study (experiments/scaling.sh)
-    "DiT-classroom-S": dict(depth=6, hidden_size=64, num_heads=2),
-    "DiT-classroom-L": dict(depth=6, hidden_size=256, num_heads=8),
+    "DiT-classroom": dict(depth=6, hidden_size=128, num_heads=4),  # NOTE: ours, 1.9 M parameters
     "DiT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
 }
 
@@ -1206,181 +1068,17 @@ class DiT(nn.Module):
         return self
 
     def forward_with_cfg(self, x, t, y, cfg_scale):
-        """Classifier-free guidance over all latent channels: u + s (c - u), in one batched pass."""
-        null = torch.full_like(y, self.cfg.num_classes)  # the extra label-table row
-        # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code
-        # guides all.
-        both = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = both.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
+        return classifier_free_guidance(self, x, t, y, cfg_scale)
 
 
-# ==================================================================================================
-# 6b. U-ViT (Bao et al.): the backbone of the paper's USiT models
-# ==================================================================================================
-#
-# USiT = this backbone trained with the flow objective ("flow" below), as the official DC-AE 1.5
-# models `dc-ae-f64c128-1.5-usit-{2b,3b}-in-512px` are. Everything is a token: [label, time,
-# patches], pre-LN transformer blocks, and long skips from the first half of the blocks to the second.
-
-
-class UViTConfig(DiTConfig):
-    """The same fields as DiTConfig (`build_uvit_config` sets the sizes); its own type says which
-    network a config builds (`build_backbone`)."""
-
-
-UVIT_CONFIGS = {  # the official sizes (DC-Gen `uvit.py` zoo); patch 1 always
-    "UViT-S": dict(depth=12, hidden_size=512, num_heads=8),
-    "UViT-H": dict(depth=28, hidden_size=1152, num_heads=16),
-    "UViT-2B": dict(depth=28, hidden_size=2048, num_heads=32),
-    "UViT-3B": dict(depth=56, hidden_size=2048, num_heads=32),
-    # NOTE: ours, not official: DiT-classroom's width and about its parameters (1.9 M); a test size.
-    "UViT-classroom": dict(depth=8, hidden_size=128, num_heads=4),
-    "UViT-classroom-S": dict(depth=8, hidden_size=64, num_heads=2),  # as DiT-classroom-S / -L
-    "UViT-classroom-L": dict(depth=8, hidden_size=256, num_heads=8),
-    "UViT-tiny": dict(depth=2, hidden_size=32, num_heads=2),
-}
-
-
-def build_uvit_config(name, **kwargs):
-    if name not in UVIT_CONFIGS:
-        raise ValueError(f"unknown U-ViT preset {name!r}; choose one of {sorted(UVIT_CONFIGS)}")
-    return UViTConfig(**{**UVIT_CONFIGS[name], **kwargs})
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU (exact) -> Linear, under timm's key names fc1 / fc2."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class UViTBlock(nn.Module):
-    """Pre-LN transformer block; an out-block first merges its long skip: Linear(cat[x, skip])."""
-
-    def __init__(self, dim, num_heads, mlp_ratio, skip=False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)  # with affine, eps 1e-5 (official)
-        self.attn = Attention(dim, num_heads, qkv_bias=False)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
-
-    def forward(self, x, skip=None):  # (B, 2 + N, D)
-        if self.skip_linear is not None:
-            x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    """A p x p conv with stride p (official `AdaptivePatchEmbed`, key `proj`)."""
-
-    def __init__(self, in_channels, dim, patch_size):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class UViT(nn.Module):
-    """Class-conditional U-ViT on a noisy latent x_t, with the DiT's interface: model(x, t, y) is
-    the velocity (flow) or the noise (ddpm), forward_with_cfg guides all channels, the null class
-    is num_classes. State-dict keys are the official ones, so an official USiT checkpoint loads
-    with strict=True (`backbone_state_dict` unwraps the official files).
-
-    NOTE: the official adaptive-channel model slices its patch-embed input and its output rows to
-    c'; here, as in our DiT, channels >= c' of x_t are zero and the loss ignores the outputs there:
-    the same function. The official code casts q, k, v to fp32 before SDPA, which autocast casts
-    back (SDPA is on its lower-precision list); we leave that out.
-    """
-
-    def __init__(self, cfg: UViTConfig):
-        super().__init__()
-        D, p = cfg.hidden_size, cfg.patch_size
-        if cfg.input_size % p or D % cfg.num_heads or D % 2:
-            raise ValueError(f"input_size must be divisible by patch_size, and hidden_size by "
-                             f"num_heads and by 2; got {cfg}")
-        self.cfg = cfg
-        num_patches = (cfg.input_size // p) ** 2
-        # learned positions for the 2 extra tokens (label, time) and every patch
-        self.pos_embed = nn.Parameter(torch.zeros(1, 2 + num_patches, D))
-        self.patch_embed = PatchEmbed(cfg.in_channels, D, p)
-        self.label_emb = LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob)
-        # the time token is the raw sinusoid of t, width D: no MLP (official mlp_time_embed=False)
-        self.in_blocks = nn.ModuleList([UViTBlock(D, cfg.num_heads, cfg.mlp_ratio)
-                                        for _ in range(cfg.depth // 2)])
-        self.mid_block = UViTBlock(D, cfg.num_heads, cfg.mlp_ratio)
-        self.out_blocks = nn.ModuleList([UViTBlock(D, cfg.num_heads, cfg.mlp_ratio, skip=True)
-                                         for _ in range(cfg.depth // 2)])
-        self.norm = nn.LayerNorm(D)
-        self.decoder_pred = nn.Linear(D, p * p * cfg.in_channels)
-        self.grad_checkpointing = False
-        self.initialize_weights()
-
-    def initialize_weights(self):
-        # official: truncated normal (std 0.02) linears with zero bias, LayerNorms (1, 0), the
-        # positions truncated normal; the conv and the label table keep PyTorch's init; no zero-init
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> v or eps: (B, C, H, W)
-        B, C, H, W = x.shape
-        x = self.patch_embed(x)  # (B, N, D)
-        time = timestep_embedding(t, self.cfg.hidden_size).to(x.dtype)[:, None]  # (B, 1, D)
-        x = torch.cat([self.label_emb(y)[:, None].to(x.dtype), time, x], dim=1) + self.pos_embed
-        skips = []
-        for block in self.in_blocks:
-            x = self.run_block(block, x)
-            skips.append(x)
-        x = self.run_block(self.mid_block, x)
-        for block in self.out_blocks:  # the last in-block's output goes to the first out-block
-            x = self.run_block(block, x, skips.pop())
-        x = self.decoder_pred(self.norm(x))[:, 2:]  # drop the label and time tokens
-        p = self.cfg.patch_size  # tokens (h w) with features (p1 p2 C), the official order
-        x = x.reshape(B, H // p, W // p, p, p, C)
-        return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, H, W).contiguous()  # as DiT's
-
-    def run_block(self, block, *inputs):
-        return checkpointed(block, *inputs) if self.grad_checkpointing else block(*inputs)
-
-    def set_grad_checkpointing(self, enable=True):
-        """Activation checkpointing, one block at a time (official `enable_activation_checkpointing`
-        "full")."""
-        self.grad_checkpointing = enable
-        return self
-
-    forward_with_cfg = DiT.forward_with_cfg  # guidance over all channels, one batched pass
-
-
-BACKBONES = {DiTConfig: DiT, UViTConfig: UViT}  # the network each config type builds
-
-
-def build_backbone_config(name, **kwargs):
-    """The config of a DiT or U-ViT preset (DiT-XL, UViT-2B, ...), with keyword overrides."""
-    if name in UVIT_CONFIGS:
-        return build_uvit_config(name, **kwargs)
-    if name in DiT_CONFIGS:
-        return build_dit_config(name, **kwargs)
-    raise ValueError(f"unknown diffusion model {name!r}; choose one of "
-                     f"{sorted(DiT_CONFIGS) + sorted(UVIT_CONFIGS)}")
-
-
-def build_backbone(cfg):
-    """DiT(cfg) or UViT(cfg), by the config's type."""
-    return BACKBONES[type(cfg)](cfg)
+def classifier_free_guidance(model, x, t, y, cfg_scale):
+    """Guidance over all latent channels, u + s (c - u), in one batched pass of any backbone whose
+    null class is its cfg.num_classes (the extra label-table row)."""
+    null = torch.full_like(y, model.cfg.num_classes)
+    # NOTE: DiT's reference code guides only the first 3 channels; the official DC-AE code guides all.
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+    cond, uncond = both.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
 
 
 # ==================================================================================================
@@ -1388,7 +1086,7 @@ def build_backbone(cfg):
 # ==================================================================================================
 #
 # Two objectives, one interface: `training_loss(model, x0, y, c_prime, aug_weight)` and
-# `sample(model, shape, y, steps, method, cfg_scale, latent_channels)`.
+# `sample(model, shape, y, steps, method, cfg_scale, c_prime)`.
 #   GaussianDiffusion  DDPM eps-prediction (DiT's objective), sampled with DDIM.
 #   FlowMatching       the linear-interpolant velocity objective of SiT / USiT, which the paper's
 #                      headline DC-AE 1.5 models use, sampled with an Euler or Heun ODE solver.
@@ -1483,18 +1181,18 @@ class GaussianDiffusion:
                                        generator)
 
     def sample(self, model, shape, y, steps=50, method="ddim", cfg_scale=1.0, generator=None,
-               latent_channels=None, eta=0.0):
+               c_prime=None, eta=0.0):
         """The sampler entry point shared with FlowMatching; DDPM samples with DDIM."""
         if method != "ddim":
             raise ValueError(f"a DDPM model samples with method 'ddim', not {method!r}")
-        return self.ddim_sample(model, shape, y, steps, eta, cfg_scale, generator, latent_channels)
+        return self.ddim_sample(model, shape, y, steps, eta, cfg_scale, generator, c_prime)
 
     @torch.no_grad()
     def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None,
-                    latent_channels=None):
+                    c_prime=None):
         """DDIM (Song et al. eq. 12) from pure noise to x_0: eta=0 deterministic, eta=1 ancestral.
 
-        cfg_scale != 1 applies classifier-free guidance over all channels. latent_channels=c'
+        cfg_scale != 1 applies classifier-free guidance over all channels. c_prime=c'
         generates only the first c' channels (the rest stay exactly 0), to show what the object
         channels alone encode. Returns latents of `shape` in the diffusion model's (scaled) space.
         """
@@ -1504,7 +1202,7 @@ class GaussianDiffusion:
             raise ValueError(f"steps must be in [1, {self.num_timesteps}], got {steps}")
         # With c' < C the masked channels start at 0 and stay 0: the model sees exactly the inputs
         # it was trained on by the augmented objective, and the decoder zero-fills the rest anyway.
-        mask = channel_mask(C, latent_channels if latent_channels is not None else C, device=device)
+        mask = channel_mask(C, c_prime if c_prime is not None else C, device=device)
         x = torch.randn(shape, generator=generator, device=device) * mask
         # `steps` timesteps evenly spread over [T-1, 0], from pure noise down to (almost) clean
         ts = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64)
@@ -1560,12 +1258,12 @@ class FlowMatching:
 
     @torch.no_grad()
     def sample(self, model, shape, y, steps=50, method="heun", cfg_scale=1.0, generator=None,
-               latent_channels=None):
+               c_prime=None):
         """Integrate dx/dt = v(x, t) from noise (t = 0) to data (t = 1) in `steps` equal intervals.
 
         method "euler": x += dt v(x, t) (one model call per interval). "heun" (second order, two
         calls): an Euler step to x', then x += dt (v(x, t) + v(x', t + dt)) / 2. cfg_scale and
-        latent_channels as in GaussianDiffusion.ddim_sample.
+        c_prime as in GaussianDiffusion.ddim_sample.
         NOTE: the official USiT sampler is adaptive dopri5 (torchdiffeq, atol 1e-6, rtol 1e-3);
         fixed steps of Heun's method are our simplification (no extra package, a known cost per
         sample).
@@ -1577,7 +1275,7 @@ class FlowMatching:
             raise ValueError(f"steps must be >= 1, got {steps}")
         B, C = shape[0], shape[1]
         device = y.device
-        mask = channel_mask(C, latent_channels if latent_channels is not None else C, device=device)
+        mask = channel_mask(C, c_prime if c_prime is not None else C, device=device)
         x = torch.randn(shape, generator=generator, device=device) * mask  # t = 0: pure noise
 
         def velocity(x, t):
@@ -1612,14 +1310,14 @@ def autocast(device):
 
 @torch.no_grad()
 def generate(model, ae, latent_scale, y, generator, objective, steps=50, method=None,
-             cfg_scale=1.0, latent_channels=None, **sampler_options):
+             cfg_scale=1.0, c_prime=None, **sampler_options):
     """Class-conditional images for labels y: sample latents, unscale them, decode.
 
     `objective` names the model's training objective ("ddpm" or "flow"; a train_dit.py checkpoint
     says which in its "objective"): it has no default, since sampling a flow model with DDIM, or
     the reverse, gives wrong images without any error. `method` is its sampler
     (default: the objective's first, DDIM or Heun). sampler_options: eta for DDIM. Returns
-    (B, 3, H, W) images in about [-1, 1], unclamped (common.to_uint8 clamps). The DiT runs under
+    (B, 3, H, W) images in about [-1, 1], unclamped (to uint8 they clamp). The DiT runs under
     bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py, train_dit.py's
     sample grids and evaluate.py all call this, so they make the same images from the same
     generator.
@@ -1630,18 +1328,57 @@ def generate(model, ae, latent_scale, y, generator, objective, steps=50, method=
     with autocast(y.device):
         z = objective.sample(model, shape, y, steps=steps, method=method or objective.methods[0],
                              cfg_scale=cfg_scale, generator=generator,
-                             latent_channels=latent_channels, **sampler_options)
-    if latent_channels is not None:  # the rest is 0; the adaptive input conv zero-fills it anyway
-        z = z[:, :latent_channels]
+                             c_prime=c_prime, **sampler_options)
+    if c_prime is not None:  # the rest is 0; the adaptive input conv zero-fills it anyway
+        z = z[:, :c_prime]
     return ae.decode(z.float() / latent_scale)
 
 
 # ==================================================================================================
-# 8. Official weights and the latent scale
+# 8. Weights and the latent scale
 # ==================================================================================================
 #
 # The module tree above mirrors the official one, so an official state dict loads with strict=True
-# and no renaming. Our own checkpoint files (what the scripts write and read) are checkpoint.py's.
+# and no renaming (DCAE.from_pretrained).
+
+
+def read_weights(path):
+    """The tensors of a weights file: .safetensors (needs the package safetensors), or a .pt / .pth
+    holding {"state_dict": ...} or a state dict. One of the project's checkpoints comes back whole."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"autoencoder weights not found: {path}")
+    if str(path).endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs the optional package safetensors: "
+                              f"pip install safetensors") from err
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # safetensors' own error type for a bad header or a short file
+            raise ValueError(f"{path} cannot be read (truncated or corrupt?): {err}") from None
+    try:  # weights_only: tensors and plain values, no pickled code runs
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a short, corrupt or foreign file: torch's errors vary
+        reason = (str(err) or type(err).__name__).splitlines()[0]
+        raise ValueError(f"{path} cannot be read (truncated or corrupt?): {reason}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def autoencoder_state_dict(state_dict):
+    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder." (a training
+    file may also hold a discriminator or optimiser state, which the official loader drops too)."""
+    return {k: v for k, v in unwrapped(state_dict).items() if k.startswith(("encoder.", "decoder."))}
+
+
+def unwrapped(state_dict):
+    """A state dict without the key prefixes that DDP ("module.") and torch.compile ("_orig_mod.")
+    add, so that a wrapped model's weights load into the bare one."""
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
 
 
 def check_state_dict(model, state_dict, max_listed=5):
@@ -1662,53 +1399,12 @@ def check_state_dict(model, state_dict, max_listed=5):
         raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
 
 
-def autoencoder_state_dict(state_dict):
-    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder.", with the
-    prefixes that DDP ("module.") and torch.compile ("_orig_mod.") add removed. Other entries (a
-    discriminator, training state) are dropped, as the official loader does."""
-    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-    return {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
-
-
-def backbone_state_dict(state_dict):
-    """The network's weights from an official DC-Gen diffusion file's content: an FSDP / trainer
-    checkpoint {"ema": {name: state_dict}} (the first EMA, as the official loader takes it), or a
-    Hugging Face file whose keys carry "diffusion_model." (NOTE: that prefix is inferred from the
-    official wrapper class, not seen in a real file)."""
-    if isinstance(state_dict.get("ema"), dict):
-        state_dict = next(iter(state_dict["ema"].values()))
-    return {k.removeprefix("diffusion_model."): v for k, v in state_dict.items()}
-
-
-def load_official_dcae(path, name=None):
-    """Build the preset `name` and load official weights into it strictly: (ae, scaling_factor).
-
-    Only keys under "encoder." and "decoder." are read (as the official loader does: a training file
-    may also hold a discriminator); any missing, unexpected or mis-shaped AE key is an error, never
-    ignored. Weights: the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5
-    (model.safetensors), as a file, a folder or the Hub id itself. A diffusers AutoencoderDC folder
-    (or Hub id) needs no `name`: its config.json says what it holds. scaling_factor is None when the
-    official code does not give one (f32c128-1.5): measure it with `measure_latent_scale`.
-    """
-    import checkpoint  # the file formats (.safetensors, .pt, diffusers folders, Hub ids) are there
-
-    cfg, sd, scale, _ = checkpoint.read_autoencoder(path, name)
-    ae = DCAE(cfg)
-    check_state_dict(ae, sd)
-    ae.load_state_dict(sd, strict=True)
-    if scale is None:
-        warnings.warn(f"no official latent scaling factor is known for {name or path}; measure it "
-                      f"on your data with dcae15.measure_latent_scale (1 / RMS of the latents) "
-                      f"before training a diffusion model")
-    return ae.eval(), scale
-
-
 @torch.no_grad()
-def measure_latent_scale(ae, images_iter, latent_channels=None):
+def measure_latent_scale(ae, images_iter, c_prime=None):
     """1 / RMS of the latents over an iterable of image batches (the official factors' rule)."""
     total, count = 0.0, 0  # running sums in float64, so the result does not depend on batching
     for x in images_iter:
-        z = ae.encode(x, latent_channels).double()
+        z = ae.encode(x, c_prime).double()
         total += z.pow(2).sum().item()
         count += z.numel()
     if count == 0:

@@ -33,21 +33,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-import checkpoint
-import common
-import curves
-import data
 import dcae15
-from fid import (FID_WEIGHTS_FILE, FeatureStats, build_inception, find_inception_weights,
-                 frechet_distance, load_stats)
-from judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
-                   validation_images)
-from metrics import build_lpips_alex, dataset_stats, maybe_inception, num_first, recon_metrics
+from dcaelib.fid import (FID_WEIGHTS_FILE, FeatureStats, build_inception, find_inception_weights,
+                         frechet_distance, load_stats)
+from dcaelib.judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
+                           validation_images)
+from dcaelib.metrics import build_lpips_alex, dataset_stats, maybe_inception, num_first, recon_metrics
+from dcaelib import cli, curves, data, distributed, files, pictures, sampling, tiling
 
 
 def load_ae(path, ae_config):
     """An autoencoder for evaluation: ours (EMA) or official (needs --ae-config); no latent scale."""
-    return checkpoint.load_autoencoder(path, ae_config, latent_scale=1.0)
+    return files.load_autoencoder(path, ae_config, latent_scale=1.0)
 
 
 # ==================================================================================================
@@ -70,12 +67,12 @@ def recon_table(columns, channel_list, title):
 def cmd_recon(args, rank, world, device):
     ae, _, _ = load_ae(args.ae_ckpt, args.ae_config)
     baseline = load_ae(args.baseline_ckpt, args.ae_config)[0] if args.baseline_ckpt else None
-    for model in (ae, baseline):  # a clear error for a tile size that does not fit an AE
-        if model is not None:
-            model.set_tiling(args.tile_size or None)
+    # codes images above --tile-size in tiles (a clear error for a size that does not fit an AE)
+    ae = tiling.tiled_above(ae, args.tile_size)
+    baseline = tiling.tiled_above(baseline, args.tile_size) if baseline is not None else None
     C = ae.latent_channels
-    channel_list = common.channel_list(args.latent_channels, C, "--latent-channels",
-                                       dcae15.default_channel_choices(C))
+    channel_list = cli.parse_c_prime_choices(args.c_primes, C, "--c-primes",
+                                       dcae15.default_c_prime_choices(C))
     if baseline is not None and baseline.latent_channels != C:
         raise ValueError(f"--baseline-ckpt has {baseline.latent_channels} latent channels, "
                          f"--ae-ckpt {C}")
@@ -100,16 +97,15 @@ def cmd_recon(args, rank, world, device):
     if rank == 0:
         n = num_first(args.num_images, dataset)
         tiles = ""
-        if ae.tiling and args.image_size > args.tile_size:
-            f = ae.spatial_compression_ratio
-            tiles = f", coded in {args.tile_size} px tiles overlapping by {ae.tiling[1] * f} px"
+        if args.tile_size and args.image_size > args.tile_size:
+            tiles = f", coded in {args.tile_size} px tiles overlapping by {ae.overlap} px"
         print(recon_table(columns, channel_list, f"reconstruction from the first c' latent channels, "
                                                  f"{n} {args.data} {args.split} images at "
                                                  f"{args.image_size}px{tiles}"))
         if args.grid:
             images = torch.stack([dataset[i][0] for i in range(min(8, n))]).to(device)
             models = [m for m in (ae, baseline) if m is not None]
-            common.save_recon_grid(args.grid, images, models, channel_list)
+            pictures.save_recon_grid(args.grid, images, models, channel_list)
             print(f"wrote {args.grid}: rows = images; columns = the original, then "
                   + ", then ".join(f"{name} at c' = {','.join(map(str, channel_list))}"
                                    for name in columns))
@@ -131,7 +127,7 @@ def cmd_ref(args, rank, world, device):
                           "reference features")
     if rank == 0:
         mu, sigma = stats.mu_sigma()
-        checkpoint.save_npz(args.out, mu=mu, sigma=sigma)  # pytorch-fid format
+        files.save_npz(args.out, mu=mu, sigma=sigma)  # pytorch-fid format
         print(f"wrote {args.out}: statistics of {stats.n} images")
         return {"command": "ref", "out": args.out, "num_images": stats.n}
 
@@ -140,7 +136,7 @@ def sample_batches(args, rank, world, device):
     """uint8 (B, 3, H, W) batches of the samples: an .npz (arr_0 NHWC), an image folder, or a DiT
     checkpoint sampled on the fly."""
     if args.samples and args.samples.endswith(".npz"):  # read batch by batch, never all at once
-        for arr in checkpoint.npz_batches(args.samples, "arr_0", args.batch_size, rank, world):
+        for arr in files.npz_batches(args.samples, "arr_0", args.batch_size, rank, world):
             if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
                 raise ValueError(f"{args.samples}: arr_0 must be uint8 (N, H, W, 3), got "
                                  f"{arr.dtype} {arr.shape[1:]} per sample")
@@ -149,27 +145,24 @@ def sample_batches(args, rank, world, device):
         if not os.path.isdir(args.samples):
             raise FileNotFoundError(f"--samples {args.samples} is neither an .npz nor a folder")
         extensions = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-        files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(args.samples) for f in fs
+        paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(args.samples) for f in fs
                        if f.lower().endswith(extensions))
-        if not files:
+        if not paths:
             raise FileNotFoundError(f"no images in {args.samples}")
-        for start in list(range(0, len(files), args.batch_size))[rank::world]:
-            chunk = files[start : start + args.batch_size]
+        for start in list(range(0, len(paths), args.batch_size))[rank::world]:
+            chunk = paths[start : start + args.batch_size]
             ims = [np.array(Image.open(f).convert("RGB")) for f in chunk]
             yield torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2)
     else:
-        model, ae, ckpt = checkpoint.load_dit(args.ckpt)
+        model, ae, ckpt = files.load_dit(args.ckpt)
         model.to(device)
         ae.to(device)
         n_batches = math.ceil(args.num_samples / args.batch_size)
-        for b in list(range(n_batches))[rank::world]:
-            size = min(args.batch_size, args.num_samples - b * args.batch_size)
-            gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + b)
-            # random labels, as the official evaluation draws them
-            y = torch.randint(model.cfg.num_classes, (size,), generator=gen, device=device)
-            images = dcae15.generate(model, ae, ckpt["latent_scale"], y, gen, ckpt["objective"],
-                                     args.steps, cfg_scale=args.cfg_scale)
-            yield common.to_uint8(images)
+        for _, _, images in sampling.sample_batches(  # random labels, as the official evaluation
+                model, ae, ckpt, args.num_samples, args.batch_size, args.seed, device,
+                batches=list(range(n_batches))[rank::world], steps=args.steps,
+                cfg_scale=args.cfg_scale):
+            yield pictures.to_uint8(images)
 
 
 def cmd_fid(args, rank, world, device):
@@ -188,7 +181,7 @@ def cmd_fid(args, rank, world, device):
                             world, "reference features").mu_sigma()
     stats = FeatureStats()
     batches = sample_batches(args, rank, world, device)
-    for x in common.progress(batches, desc="sample features", disable=rank != 0):
+    for x in cli.progress(batches, desc="sample features", disable=rank != 0):
         stats.add(inception(x.to(device)))
     stats.all_reduce()
     fid = frechet_distance(*stats.mu_sigma(), *ref)
@@ -201,13 +194,6 @@ def cmd_fid(args, rank, world, device):
 # ==================================================================================================
 # classes and curve: the class judge (judge.py) and the convergence curves (curves.py)
 # ==================================================================================================
-
-
-def parse_scales(text):
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--cfg-scales must be comma-separated numbers, got {text!r}") from None
 
 
 def check_judge_flags(args, world):
@@ -223,8 +209,8 @@ def cmd_classes(args, rank, world, device):
     """How often a DiT's samples show the requested class, and how far their judge features are from
     the validation images' (a Fréchet distance in the judge's feature space; not FID)."""
     check_judge_flags(args, world)
-    cfg_scales = parse_scales(args.cfg_scales)
-    model, ae, ckpt = checkpoint.load_dit(args.ckpt, args.ae_ckpt)
+    cfg_scales = cli.parse_list(args.cfg_scales, float, "--cfg-scales")
+    model, ae, ckpt = files.load_dit(args.ckpt, args.ae_ckpt)
     model.to(device)
     ae.to(device)
     run = ckpt["args"]  # the DiT's own data: its classes are the ones to judge
@@ -251,7 +237,7 @@ def cmd_classes(args, rank, world, device):
 def cmd_curve(args, rank, world, device):
     """Quality against training step for one or more DiT runs (their step_*.pt and last.pt), the
     speed-up of each over the baseline, as a table, a CSV and a plot."""
-    cfg_scales = parse_scales(args.cfg_scales)
+    cfg_scales = cli.parse_list(args.cfg_scales, float, "--cfg-scales")
     if args.from_csv:
         rows, metrics = curves.read_curve_csv(args.from_csv)
         rows = curves.rows_within_budget(rows, args.max_step, args.from_csv)
@@ -316,13 +302,13 @@ def build_parser():
                        help="skip unreadable files of an image folder instead of stopping")
         q.add_argument("--split", default=default_split, choices=["train", "val"],
                        help="dataset split")
-        q.add_argument("--image-size", type=int, default=64, help="resolution (ADM centre crop)")
-        q.add_argument("--num-images", type=int, default=1000,
+        q.add_argument("--image-size", type=cli.positive_int, default=64, help="resolution (ADM centre crop)")
+        q.add_argument("--num-images", type=cli.every("all"), default=1000,
                        help="evaluate the first N images (0: all)")
         q.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset")
 
     def common_flags(q):
-        q.add_argument("--batch-size", type=int, default=50, help="images per batch (per process)")
+        q.add_argument("--batch-size", type=cli.positive_int, default=50, help="images per batch (per process)")
         q.add_argument("--inception-weights", default=None,
                        help=f"path of {FID_WEIGHTS_FILE} (default: torch hub cache, else download)")
         q.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -336,10 +322,10 @@ def build_parser():
     r.add_argument("--ae-config", default=None, help="preset of an official AE file")
     r.add_argument("--baseline-ckpt", default=None,
                    help="a second AE (e.g. trained with --no-structured) as a column")
-    r.add_argument("--tile-size", type=int, default=1024,
+    r.add_argument("--tile-size", type=cli.every("never"), default=1024,
                    help="encode and decode images larger than this many pixels in tiles of this "
-                        "size, a quarter tile overlapping (DCAE.set_tiling; 0: never)")
-    r.add_argument("--latent-channels", default=None,
+                        "size, a quarter tile overlapping (dcaelib/tiling.py; 0: never)")
+    r.add_argument("--c-primes", default=None,
                    help="comma-separated c' values (default: multiples of c/8)")
     r.add_argument("--fid", default="auto", choices=["auto", "on", "off"],
                    help="rFID (needs the Inception weights)")
@@ -357,34 +343,34 @@ def build_parser():
                    help="an .npz from sample.py (arr_0 uint8 NHWC) or an image folder")
     f.add_argument("--ckpt", default=None,
                    help="a train_dit.py checkpoint to sample on the fly (random labels)")
-    f.add_argument("--num-samples", type=int, default=10000, help="with --ckpt: how many samples")
-    f.add_argument("--steps", type=int, default=50,
+    f.add_argument("--num-samples", type=cli.positive_int, default=10000, help="with --ckpt: how many samples")
+    f.add_argument("--steps", type=cli.positive_int, default=50,
                    help="with --ckpt: sampler steps (DDIM, or Heun for flow checkpoints)")
-    f.add_argument("--cfg-scale", type=float, default=1.5,
+    f.add_argument("--cfg-scale", type=cli.finite, default=1.5,
                    help="with --ckpt: guidance scale (official FID: 1.5)")
     f.add_argument("--ref", default=None, help="reference statistics .npz (mu, sigma)")
     f.add_argument("--ref-data", default=None, choices=data.DATASETS,
                    help="or compute the reference from this dataset")
     f.add_argument("--data-path", default=None, help="folder of --ref-data")
     f.add_argument("--split", default="train", choices=["train", "val"], help="split of --ref-data")
-    f.add_argument("--image-size", type=int, default=64, help="resolution of --ref-data")
-    f.add_argument("--num-images", type=int, default=10000, help="images of --ref-data (0: all)")
+    f.add_argument("--image-size", type=cli.positive_int, default=64, help="resolution of --ref-data")
+    f.add_argument("--num-images", type=cli.every("all"), default=10000, help="images of --ref-data (0: all)")
     f.add_argument("--seed", type=int, default=0, help="seed of the samples / the shapes dataset")
     common_flags(f)
 
     def judge_flags(q):
-        q.add_argument("--num-samples", type=int, default=200,
+        q.add_argument("--num-samples", type=cli.positive_int, default=200,
                        help="samples per guidance scale (classes in turn)")
         q.add_argument("--cfg-scales", default="1,4", help="comma-separated guidance scales")
-        q.add_argument("--steps", type=int, default=50,
+        q.add_argument("--steps", type=cli.positive_int, default=50,
                        help="sampler steps (DDIM, or Heun for flow checkpoints)")
-        q.add_argument("--num-images", type=int, default=20000,
+        q.add_argument("--num-images", type=cli.positive_int, default=20000,
                        help="training images the judge learns from")
-        q.add_argument("--judge-steps", type=int, default=1200,
+        q.add_argument("--judge-steps", type=cli.positive_int, default=1200,
                        help="training steps of the judge (batch 64)")
         q.add_argument("--judge-cache", default=os.path.join("runs", "judges"),
                        help="folder of the trained judges (one per dataset, trained on first use)")
-        q.add_argument("--num-val", type=int, default=1000,
+        q.add_argument("--num-val", type=cli.positive_int, default=1000,
                        help="validation images: the judge's ceilings and the Fréchet reference")
         q.add_argument("--seed", type=int, default=0, help="seed of the samples")
 
@@ -404,7 +390,7 @@ def build_parser():
                         "repeat for each curve. The points are its step_*.pt (--save-every) and "
                         "last.pt")
     v.add_argument("--baseline", default=None, help="label of the baseline (default: the first)")
-    v.add_argument("--max-step", type=int, default=None,
+    v.add_argument("--max-step", type=cli.positive_int, default=None,
                    help="only the points up to this step (a fixed training budget)")
     v.add_argument("--speedup-metric", default="fd_g1",
                    help="metric of the speed-up: share_gS or fd_gS (S a guidance scale)")
@@ -440,15 +426,15 @@ def check_folder(flag, path):
 
 def main(args):
     check_folder("--json", args.json)
-    rank, world, device = common.setup_distributed(args.device)
+    rank, world, device = distributed.setup_distributed(args.device)
     commands = {"recon": cmd_recon, "ref": cmd_ref, "fid": cmd_fid, "classes": cmd_classes,
                 "curve": cmd_curve}
     result = commands[args.command](args, rank, world, device)
     if rank == 0 and args.json and result is not None:
-        checkpoint.write_json(args.json, result)
+        files.write_json(args.json, result)
         print(f"wrote {args.json}")
-    common.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":
-    common.command_line(main, build_parser())
+    cli.command_line(main, build_parser())

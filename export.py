@@ -13,21 +13,20 @@ folder reads back into this project wherever an autoencoder goes (--ae-ckpt DIR)
 
 import argparse
 
-import checkpoint
-import common
 import dcae15
+from dcaelib import cli, files, models
 
 
 def main(args):
-    cfg, sd, stored_scale, source = checkpoint.read_autoencoder(args.ae_ckpt, args.ae_config)
+    cfg, sd, stored_scale, source = files.read_autoencoder(args.ae_ckpt, args.ae_config)
     scale = args.latent_scale if args.latent_scale is not None else stored_scale
     if scale is None:
         raise ValueError(f"no latent scaling factor is known for {args.ae_ckpt}: pass "
                          f"--latent-scale S (1 / RMS of its latents; dcae15.measure_latent_scale)")
-    dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
-    config = checkpoint.save_diffusers(args.out, cfg, sd, scale)
+    dcae15.check_state_dict(models.build_autoencoder(cfg), sd)
+    config = files.save_diffusers(args.out, cfg, sd, scale)
     # read it back: the folder must give this project the same weights, bit for bit
-    _, back, _ = checkpoint.read_diffusers(args.out)
+    _, back, _ = files.read_diffusers(args.out)
     if back.keys() != sd.keys() or any(not back[k].equal(sd[k]) for k in sd):
         raise RuntimeError(f"{args.out} does not read back as the weights it was written from")
     c = cfg.latent_channels
@@ -48,13 +47,13 @@ def build_parser():
     d.add_argument("--ae-ckpt", required=True,
                    help="the autoencoder: a train_ae.py checkpoint, an official DC-AE file (with "
                         "--ae-config), a diffusers folder or a Hugging Face Hub id")
-    d.add_argument("--ae-config", default=None, choices=sorted(dcae15.DCAE_CONFIGS),
+    d.add_argument("--ae-config", default=None, choices=sorted(models.AUTOENCODER_CONFIGS),
                    help="the preset of an official DC-AE file")
-    d.add_argument("--latent-scale", type=float, default=None,
+    d.add_argument("--latent-scale", type=cli.positive, default=None,
                    help="scaling_factor to write (default: the checkpoint's, or the preset's)")
     d.add_argument("--out", required=True, help="the folder to write (created if missing)")
     return p
 
 
 if __name__ == "__main__":
-    common.command_line(main, build_parser())
+    cli.command_line(main, build_parser())

@@ -24,11 +24,8 @@ from typing import Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
-import common
-import data
 import dcae15
-import trainer
+from dcaelib import cli, data, distributed, files, metrics, models, pictures, trainer
 
 # Flags that may differ when resuming (they do not change what is computed); the rest must match.
 RESUME_FREE_ARGS = trainer.RUN_FREE_ARGS | {"num_workers"}
@@ -37,11 +34,11 @@ RESUME_FREE_ARGS = trainer.RUN_FREE_ARGS | {"num_workers"}
 def load_init_from(args):
     """--init-from -> (config, AE state dict): one of our checkpoints (its EMA weights and config),
     or an official DC-AE file (.safetensors, or .pt/.pth) for the --model preset."""
-    cfg, sd, _, source = checkpoint.read_autoencoder(args.init_from, args.model)
+    cfg, sd, _, source = files.read_autoencoder(args.init_from, args.model)
     if source == "official":
         try:
             with torch.device("meta"):  # shapes only: no second full-size model in memory
-                dcae15.check_state_dict(dcae15.DCAE(cfg), sd)
+                dcae15.check_state_dict(models.build_autoencoder(cfg), sd)
         except ValueError as err:
             raise ValueError(f"--init-from {args.init_from} does not fit --model {args.model}: "
                              f"{err}") from None
@@ -69,7 +66,7 @@ def draw_c_prime(args, choices, C, generator):
     (structured latent space); the plain baseline always uses all C channels."""
     if args.no_structured:
         return C
-    c_prime = dcae15.sample_channel_list(choices, args.num_sample_latent_channels,
+    c_prime = dcae15.sample_c_primes(choices, args.num_sample_latent_channels,
                                          args.always_sample_max_channel,
                                          args.always_sample_min_max_channel, generator)
     return c_prime[0] if len(c_prime) == 1 else c_prime
@@ -105,7 +102,7 @@ class Training:
 def build_training(cfg, args, device, init_sd=None):
     """The autoencoder, its EMA copy, the loss (with LPIPS and the discriminator) and optimisers."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    ae = dcae15.DCAE(cfg).to(device)
+    ae = models.build_autoencoder(cfg).to(device)
     if init_sd is not None:
         ae.load_state_dict(init_sd, strict=True)
     ema = copy.deepcopy(ae).eval().requires_grad_(False)
@@ -150,6 +147,12 @@ def train_step(state, batch, c_prime, step, args):
     state.model.train()
     if state.disc is not None:
         state.disc.requires_grad_(False)  # the generator pass only needs gradients w.r.t. the image
+    if args.compile and not args.no_structured:
+        # NOTE: compiled, every c' is a (B,) tensor that masks the full latent: the same shapes at
+        # every step, so the compiled AE is not compiled again for each new c' (the slicing of an
+        # int c' is cheaper, and what eager runs do; both compute the same reconstruction)
+        c_prime = [torch.full((len(x),), c, device=x.device) for c in c_prime] \
+            if isinstance(c_prime, list) else torch.full((len(x),), c_prime, device=x.device)
     with autocast:
         # D(E(x) * mask_{c,c'}); for a list of c', one reconstruction each from one encoder pass
         x_rec, _ = state.model_ddp(x, c_prime)
@@ -182,7 +185,7 @@ def validate(ae, val_set, choices, device, num_images=256, batch_size=64):
         for start in range(0, n, batch_size):
             yield torch.stack([val_set[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
 
-    return common.mean_psnr(ae, batches(), choices), dcae15.measure_latent_scale(ae, batches())
+    return metrics.mean_psnr(ae, batches(), choices), dcae15.measure_latent_scale(ae, batches())
 
 
 def final_report(report, scale, n_images, n_ranks, paths):
@@ -202,17 +205,17 @@ def main(args):
     if args.resume and args.init_from:
         raise ValueError("--resume continues a run and --init-from starts a new one from weights: "
                          "pass only one")
-    resume_ckpt = trainer.start_or_resume(args, checkpoint.AE_KIND, build_parser(), RESUME_FREE_ARGS)
+    resume_ckpt = trainer.start_or_resume(args, files.AE_KIND, build_parser(), RESUME_FREE_ARGS)
     init_sd = None
     if resume_ckpt is not None:
         cfg = dcae15.DCAEConfig.from_dict(resume_ckpt["config"])
     elif args.init_from:
         cfg, init_sd = load_init_from(args)
     else:
-        cfg = dcae15.build_dcae_config(args.model)
-    choices = common.channel_list(args.latent_channel_choices, cfg.latent_channels,
+        cfg = models.autoencoder_config(args.model)
+    choices = cli.parse_c_prime_choices(args.latent_channel_choices, cfg.latent_channels,
                                   "--latent-channel-choices",
-                                  dcae15.default_channel_choices(cfg.latent_channels))
+                                  dcae15.default_c_prime_choices(cfg.latent_channels))
     check_channel_sampling(args)
     if args.gan_adaptive_weight and args.gan_weight > 0 and args.train_parts == "middle":
         raise ValueError("--gan-adaptive-weight compares gradients at the decoder's last layer, "
@@ -258,19 +261,19 @@ def main(args):
 
     def save(step, final=False, picture=True):
         """Checkpoint (rank 0 writes it atomically) and, with picture, the partial-channel picture."""
-        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
+        rng = trainer.gather_rng_states({"channel": channel_gen})  # every rank's streams
         if not master:
             return None
         # a quick look for periodic saves; the full report at the end and in a step_NNNNNNN.pt,
         # so that a step file is what a run that ended at that step writes, latent scale and all
         full = final or trainer.step_file_due(args, step)
         report, scale = validate(state.ema, val_set, choices, device, num_images=256 if full else 64)
-        ckpt = checkpoint.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
+        ckpt = files.ae_checkpoint(cfg, ae, state.ema, state.opt, step, args, rng, scale,
                                         choices, report, state.disc, state.opt_disc)
         trainer.write_checkpoint(ckpt, args, step, final)
         log.record(step, {"val_psnr": {str(c): v for c, v in report.items()}, "latent_scale": scale})
         if picture or final:
-            common.save_recon_grid(picture_path, val_images, [state.ema], choices)
+            pictures.save_recon_grid(picture_path, val_images, [state.ema], choices)
         return report, scale
 
     # ------------------------------------------------------------------ training loop
@@ -279,7 +282,7 @@ def main(args):
                               train_step, save, unit="img")
 
     # ------------------------------------------------------------------ final report (EMA weights)
-    n_ranks = common.check_ranks_in_sync(ae)
+    n_ranks = distributed.check_ranks_in_sync(ae)
     result = save(step, final=True)
     if master:
         report, scale = result
@@ -295,8 +298,8 @@ def build_parser():
                            out="runs/ae", batch_size=16, max_steps=2200, warmup_steps=50,
                            log_every=100, sample_every=500, picture="recon_partial.png")
     p.add_argument("--model", default="dc-ae-f16c64-classroom",
-                   help=f"preset: {', '.join(dcae15.DCAE_CONFIGS)}")
-    p.add_argument("--image-size", type=int, default=64,
+                   help=f"preset: {', '.join(models.AUTOENCODER_CONFIGS)}")
+    p.add_argument("--image-size", type=cli.positive_int, default=64,
                    help="training resolution (a multiple of the compression)")
     p.add_argument("--init-from", default=None,
                    help="start from weights: a train_ae.py checkpoint (its EMA), an official "
@@ -304,7 +307,7 @@ def build_parser():
                         "--model")
     p.add_argument("--latent-channel-choices", default=None,
                    help="comma-separated c' values to sample from (default: multiples of c/8 up to c)")
-    p.add_argument("--num-sample-latent-channels", type=int, default=1,
+    p.add_argument("--num-sample-latent-channels", type=cli.positive_int, default=1,
                    help="c' values per step: one encoder pass, one decoder pass and loss per c', the "
                         "losses averaged (official trainer option of the same name)")
     p.add_argument("--always-sample-max-channel", action="store_true",
@@ -317,26 +320,26 @@ def build_parser():
                         "refinement of the decoder's last layers; dcae15.train_part_prefixes)")
     p.add_argument("--no-structured", action="store_true",
                    help="plain DC-AE baseline: always decode all c channels")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the autoencoder")
-    p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction loss")
-    p.add_argument("--lpips-weight", type=float, default=0.5,
+    p.add_argument("--lr", type=cli.positive, default=2e-4, help="AdamW learning rate of the autoencoder")
+    p.add_argument("--l1-weight", type=cli.nonnegative, default=1.0, help="weight of the L1 reconstruction loss")
+    p.add_argument("--lpips-weight", type=cli.nonnegative, default=0.5,
                    help="weight of the LPIPS loss (0 disables it)")
     p.add_argument("--perceptual", default="auto", choices=["auto", "on", "off"],
                    help="LPIPS-VGG: auto = use it if the VGG16 weights can be had, else warn and go on "
                         "without")
-    p.add_argument("--gan-weight", type=float, default=0.0,
+    p.add_argument("--gan-weight", type=cli.nonnegative, default=0.0,
                    help="weight of the hinge GAN loss; 0 = off. DC-AE adds the GAN only in a last "
                         "phase, after the reconstruction has converged (e.g. --gan-weight 0.1 "
                         "--gan-start 100000 on a real run)")
-    p.add_argument("--gan-start", type=int, default=0, help="step at which the GAN loss starts")
+    p.add_argument("--gan-start", type=cli.count, default=0, help="step at which the GAN loss starts")
     p.add_argument("--gan-adaptive-weight", action="store_true",
                    help="multiply --gan-weight by VQGAN's adaptive weight (the ratio of the "
                         "reconstruction and GAN gradient norms at the decoder's last layer)")
-    p.add_argument("--disc-lr", type=float, default=2e-4, help="learning rate of the discriminator")
+    p.add_argument("--disc-lr", type=cli.positive, default=2e-4, help="learning rate of the discriminator")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and c'")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--num-workers", type=cli.count, default=0, help="data-loader worker processes")
     return p
 
 
 if __name__ == "__main__":
-    common.command_line(main, build_parser())
+    cli.command_line(main, build_parser())

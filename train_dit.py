@@ -16,8 +16,6 @@ loss = (L_full + w * L_masked(c')) / (1 + w), with c' drawn from --aug-channel-c
 """
 
 import copy
-import hashlib
-import json
 import os
 import shutil
 import socket
@@ -30,11 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
-import common
-import data
 import dcae15
-import trainer
+from dcaelib import cli, data, distributed, files, models, pictures, trainer, uvit
 
 # Flags that may differ when resuming; the AE may move (its fingerprint is checked instead).
 RESUME_FREE_ARGS = trainer.RUN_FREE_ARGS | {"cache_dir", "encode_batch_size", "ae_ckpt", "num_workers"}
@@ -69,15 +64,15 @@ def encode_into(ae, dataset, rows, flip, chunks, batch_size, num_workers, device
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
     labels = {}
     try:
-        for idx, (x, y) in zip(batches, common.progress(loader, desc=desc, disable=desc is None)):
+        for idx, (x, y) in zip(batches, cli.progress(loader, desc=desc, disable=desc is None)):
             x = x.to(device)
             with autocast:
                 z = ae.encode(x).float().cpu().numpy()
-                checkpoint.write_npy_rows(rows, idx[0], z)
+                files.write_npy_rows(rows, idx[0], z)
                 if flip:
-                    checkpoint.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
+                    files.write_npy_rows(rows, n + idx[0], ae.encode(x.flip(3)).float().cpu().numpy())
             labels[idx[0]] = y
-            common.release_free_memory()  # keeps the process at one batch's memory (see there)
+            files.release_free_memory()  # keeps the process at one batch's memory (see there)
     except data.BadImageError as err:
         raise data.one_line(err) from None
     return labels
@@ -99,7 +94,7 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
     """
     num_images = len(train_set) if args.max_images <= 0 else min(args.max_images, len(train_set))
     key = cache_key(args, ae_info, num_images)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = files.key_digest(key)
     folder = os.path.join(args.cache_dir, f"latents-{digest}")
     if not os.path.isfile(os.path.join(folder, "done.json")):
         t0 = time.time()
@@ -112,15 +107,19 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             remove_dead_partials(folder)
             work[0] = f"{partial_prefix(folder)}{os.getpid()}"
             os.makedirs(work[0], exist_ok=True)
-            checkpoint.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
+            files.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
         if world > 1:
             dist.broadcast_object_list(work, src=0)
         work = work[0]
         n_chunks = (num_images + args.encode_batch_size - 1) // args.encode_batch_size
         desc = f"encoding {num_images} images" if rank == 0 else None
-        mine = encode_into(ae.to(device), subset, os.path.join(work, "latents.npy"), args.flip,
-                           range(rank, n_chunks, world), args.encode_batch_size, args.num_workers,
-                           device, desc)
+        try:
+            mine = encode_into(ae.to(device), subset, os.path.join(work, "latents.npy"), args.flip,
+                               range(rank, n_chunks, world), args.encode_batch_size,
+                               args.num_workers, device, desc)
+        except files.WriteError:
+            shutil.rmtree(work, ignore_errors=True)  # a full disk: nothing half-written stays
+            raise
         # the labels are small (8 bytes an image): gather them, rank 0 writes them
         gathered = [mine]
         if world > 1:
@@ -132,7 +131,7 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
             if args.flip:
                 labels = torch.cat([labels, labels])
             np.save(os.path.join(work, "labels.npy"), labels.numpy().astype(np.int64))
-            checkpoint.write_json(os.path.join(work, "done.json"),
+            files.write_json(os.path.join(work, "done.json"),
                               {"key": key, "num_images": num_images, "rows": total})
             publish_cache(work, folder)
             print(f"latent cache: encoded {num_images} images in {time.time() - t0:.0f} s -> {folder}")
@@ -150,8 +149,8 @@ def publish_cache(work, folder):
     """Rename the complete private folder `work` to the cache's name `folder`. If another run
     published the same cache meanwhile, its copy (the same latents) stays and ours is deleted."""
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "done.json")):
-        # only an older version of this script wrote into the cache's name directly
-        print(f"latent cache: {folder} is incomplete (an interrupted run?); replacing it")
+        # a cache folder is renamed into place whole, so one without done.json has been damaged
+        print(f"latent cache: {folder} is incomplete; replacing it")
         shutil.rmtree(folder, ignore_errors=True)
     try:
         os.rename(work, folder)  # atomic; fails if `folder` exists (and is not empty)
@@ -193,7 +192,7 @@ def process_alive(pid):
 
 def default_aug_channels(C):
     # NOTE: a guess, as for the AE: multiples of c/8 below c (c itself is the full-channel pass)
-    return [c for c in dcae15.default_channel_choices(C) if c < C] or [C]
+    return [c for c in dcae15.default_c_prime_choices(C) if c < C] or [C]
 
 
 @dataclass
@@ -213,7 +212,7 @@ def build_training(cfg, args, device, resume_ckpt=None):
     norm weights, as official) and the objective; with the checkpoint's weights and optimiser
     state when resuming. --fsdp shards the model and its EMA, one block a unit."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    model = dcae15.build_backbone(cfg).to(device)
+    model = models.build_backbone(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if resume_ckpt is not None:  # whole weights into the whole model, before any sharding
         model.load_state_dict(resume_ckpt["model"])
@@ -221,7 +220,7 @@ def build_training(cfg, args, device, resume_ckpt=None):
     model.set_grad_checkpointing(args.grad_checkpointing)
     if args.fsdp:
         for module in (model, ema):
-            trainer.fully_shard_blocks(module, (dcae15.DiTBlock, dcae15.UViTBlock), device)
+            trainer.fully_shard_blocks(module, (dcae15.DiTBlock, uvit.UViTBlock), device)
     if args.compile:  # in place: the state dict keeps its keys, the EMA copy stays eager
         model.compile(backend=args.compile_backend)
 
@@ -269,18 +268,17 @@ def sample_grid(model, ae, latent_scale, num_classes, per_class, device, seed, o
 
 def main(args):
     # ------------------------------------------------------------------ check the input, before any work
-    resume_ckpt = trainer.start_or_resume(args, checkpoint.DIT_KIND, build_parser(), RESUME_FREE_ARGS,
-                                          old_defaults={"objective": "ddpm"})  # runs before flow
+    resume_ckpt = trainer.start_or_resume(args, files.DIT_KIND, build_parser(), RESUME_FREE_ARGS)
     if args.ae_ckpt is None:
         raise ValueError("--ae-ckpt is required: a train_ae.py checkpoint, an official DC-AE file "
                          "with --ae-config, or a diffusers AutoencoderDC folder")
-    ae, latent_scale, ae_info = checkpoint.load_autoencoder(args.ae_ckpt, args.ae_config,
+    ae, latent_scale, ae_info = files.load_autoencoder(args.ae_ckpt, args.ae_config,
                                                             args.latent_scale)
     if resume_ckpt is not None and ae_info["fingerprint"] != resume_ckpt["ae"]["fingerprint"]:
         raise ValueError(f"--resume: {args.ae_ckpt} is not the autoencoder this run was trained with")
     ae.cfg.check_image_size(args.image_size, "--image-size")
     C = ae.latent_channels
-    choices = common.channel_list(args.aug_channel_choices, C, "--aug-channel-choices",
+    choices = cli.parse_c_prime_choices(args.aug_channel_choices, C, "--aug-channel-choices",
                                   default_aug_channels(C))
 
     # ------------------------------------------------------------------ processes, data, latent cache
@@ -297,10 +295,10 @@ def main(args):
 
     # ------------------------------------------------------------------ model, optimiser
     h = args.image_size // ae.spatial_compression_ratio
-    config = dcae15.build_backbone_config(args.model, input_size=h, in_channels=C,
+    config = models.build_backbone_config(args.model, input_size=h, in_channels=C,
                                           num_classes=num_classes, patch_size=args.patch_size)
     if resume_ckpt is not None:
-        config = checkpoint.dit_config(resume_ckpt)
+        config = files.dit_config(resume_ckpt)
     state = build_training(config, args, device, resume_ckpt)
     channel_gen = trainer.random_streams(args, rank)
     step = trainer.restore(state, resume_ckpt, [], rank, channel_gen)  # the weights are in already
@@ -326,12 +324,12 @@ def main(args):
 
     def save(step, final=False, picture=True):
         """Checkpoint (rank 0 writes it atomically) and, with picture, the sample grid."""
-        rng = common.gather_rng_states({"channel": channel_gen})  # every rank's streams
+        rng = trainer.gather_rng_states({"channel": channel_gen})  # every rank's streams
         weights = trainer.whole_state_dicts(state.model, state.ema, state.opt, args.fsdp)
         if not master:
             return
         class_names = data.SHAPE_CLASSES if args.data == "shapes" else None
-        ckpt = checkpoint.dit_checkpoint(config, weights, step, args, rng, ae_info, latent_scale,
+        ckpt = files.dit_checkpoint(config, weights, step, args, rng, ae_info, latent_scale,
                                          num_classes, choices, args.objective, class_names)
         trainer.write_checkpoint(ckpt, args, step, final)
         if picture or final:
@@ -339,22 +337,22 @@ def main(args):
             if args.fsdp:  # a whole copy on rank 0 for the grid (the sharded EMA runs on all ranks),
                 cuda = [device.index or 0] if device.type == "cuda" else []  # built without
                 with torch.random.fork_rng(devices=cuda), torch.device(device):  # using the streams
-                    ema = dcae15.build_backbone(config)
+                    ema = models.build_backbone(config)
                 ema.load_state_dict(weights["ema"])
                 ema.eval()
             images = sample_grid(ema, ae, latent_scale, num_classes, 8, device, args.seed,
                                  args.objective, args.sample_steps, args.cfg_scale)
-            common.save_grid(images, grid_path, ncol=8)
+            pictures.save_grid(images, grid_path, ncol=8)
 
     # ------------------------------------------------------------------ training loop
     def draw_c_prime():  # the c' of the augmented pass, or None for the plain objective
         if args.no_augmented:
             return None
-        return dcae15.sample_latent_channels(choices, generator=channel_gen)
+        return dcae15.sample_c_prime(choices, generator=channel_gen)
 
     step = trainer.train_loop(state, args, step, world, log, batches, draw_c_prime, train_step, save,
                               unit="latents")
-    n_ranks = 1 if args.fsdp else common.check_ranks_in_sync(state.model)  # FSDP: each has a shard
+    n_ranks = 1 if args.fsdp else distributed.check_ranks_in_sync(state.model)  # FSDP: each has a shard
     save(step, final=True)
     done = f"wrote {last_path} and {grid_path}"
     if n_ranks > 1:
@@ -371,29 +369,29 @@ def build_parser():
                    help="train_ae.py checkpoint, an official DC-AE file (+ --ae-config), a "
                         "diffusers AutoencoderDC folder, or a Hub id of either (org/name[@rev])")
     p.add_argument("--ae-config", default=None,
-                   help=f"preset of an official AE file: {', '.join(dcae15.DCAE_CONFIGS)}")
-    p.add_argument("--latent-scale", type=float, default=None,
+                   help=f"preset of an official AE file: {', '.join(models.AUTOENCODER_CONFIGS)}")
+    p.add_argument("--latent-scale", type=cli.positive, default=None,
                    help="latent scaling factor (default: the one stored with the AE / the official one)")
     p.add_argument("--model", default="DiT-classroom", metavar="PRESET",
-                   choices=[*dcae15.DiT_CONFIGS, *dcae15.UVIT_CONFIGS],
+                   choices=models.BACKBONE_PRESETS,
                    help=f"the diffusion model: a DiT ({', '.join(dcae15.DiT_CONFIGS)}) or a U-ViT "
-                        f"({', '.join(dcae15.UVIT_CONFIGS)}; with the flow objective: USiT)")
+                        f"({', '.join(uvit.UVIT_CONFIGS)}; with the flow objective: USiT)")
     p.add_argument("--fsdp", action="store_true",
                    help="shard weights, gradients and optimiser state over the processes (FSDP2, one "
                         "block a unit), for models whose optimiser state does not fit one card; "
                         "checkpoints stay whole")
-    p.add_argument("--patch-size", type=int, default=1,
+    p.add_argument("--patch-size", type=cli.positive_int, default=1,
                    help="patch size (1 for DC-AE latents, as official)")
-    p.add_argument("--image-size", type=int, default=64,
+    p.add_argument("--image-size", type=cli.positive_int, default=64,
                    help="image resolution (latent size = this / compression)")
-    p.add_argument("--max-images", type=int, default=10000,
+    p.add_argument("--max-images", type=cli.every("all"), default=10000,
                    help="encode at most this many training images (0: all)")
     p.add_argument("--flip", action="store_true",
                    help="also train on mirrored images (the official code does not)")
     p.add_argument("--cache-dir", default="runs/latent_cache",
                    help="where latent caches are kept and reused")
-    p.add_argument("--encode-batch-size", type=int, default=64, help="batch size of the one-off encoding")
-    p.add_argument("--num-workers", type=int, default=0,
+    p.add_argument("--encode-batch-size", type=cli.positive_int, default=64, help="batch size of the one-off encoding")
+    p.add_argument("--num-workers", type=cli.count, default=0,
                    help="data-loader processes that read and decode the images for the encoding")
     p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
                    help="flow: flow matching with the linear interpolant (SiT / USiT, the paper's "
@@ -402,20 +400,20 @@ def build_parser():
     p.add_argument("--aug-channel-choices", default=None,
                    help="comma-separated c' values for the augmented loss (default: multiples of c/8 "
                         "below c)")
-    p.add_argument("--aug-weight", type=float, default=1.0,
+    p.add_argument("--aug-weight", type=cli.nonnegative, default=1.0,
                    help="w in (L_full + w L_masked) / (1 + w); 1 = the official mean of the two passes")
     p.add_argument("--no-augmented", action="store_true",
                    help="plain diffusion objective (the baseline)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--lr", type=cli.positive, default=1e-3,
                    help="AdamW learning rate; 1e-3 suits the small classroom DiT (official DiT-XL: "
                         "1e-4 at batch 256)")
-    p.add_argument("--sample-steps", type=int, default=50,
+    p.add_argument("--sample-steps", type=cli.positive_int, default=50,
                    help="sampler steps of the periodic sample grid (DDIM, or Heun for flow)")
-    p.add_argument("--cfg-scale", type=float, default=4.0,
+    p.add_argument("--cfg-scale", type=cli.finite, default=4.0,
                    help="guidance scale of the periodic sample grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, c', noise and t")
     return p
 
 
 if __name__ == "__main__":
-    common.command_line(main, build_parser())
+    cli.command_line(main, build_parser())

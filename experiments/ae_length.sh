@@ -29,12 +29,13 @@ fi
 for run in $ARMS; do
   for step in 2200 4400 8800; do
     produce $R/recon-$run-$step.json python evaluate.py recon --ae-ckpt $R/$run/step_$(printf %07d $step).pt \
-        --latent-channels 8,32,64 --json $R/recon-$run-$step.json
+        --c-primes 8,32,64 --json $R/recon-$run-$step.json
   done
 done
 # the table and the picture, from the JSON files above -> $R/ae_length.md, $R/ae_length.csv, $R/ae_length.png
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R" <<'PY'
 import csv, json, os, sys
+from dcaelib import pictures
 R = sys.argv[1]
 names = {"plain": "plain (--no-structured)", "structured": "structured (default)",
          "max": "structured, 2 c' a step with the full latent"}
@@ -69,11 +70,8 @@ for r in rows:
     lines.append(f"| {names[r['run']]} | {r['step']} | " + " | ".join(cells) + f" | {gap} |")
 open(os.path.join(R, "ae_length.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
+plt = pictures.pyplot()
+if plt is None:
     sys.exit("note: no picture: matplotlib is not installed (pip install matplotlib); the table and CSV are complete")
 fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
 for run, colour in zip(names, ("tab:gray", "tab:red", "tab:blue")):

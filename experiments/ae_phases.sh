@@ -7,7 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 R=$RUNS
 P3=(--init-from $R/ae-p2/last.pt --train-parts head --max-steps 300 --log-every 50)
-EVAL=(--latent-channels 8,64 --num-images 500)
+EVAL=(--c-primes 8,64 --num-images 500)
 train $R/ae python train_ae.py --out $R/ae                                            # phase 1
 train $R/ae-p2 python train_ae.py --init-from $R/ae/last.pt --train-parts middle --image-size 128 \
     --max-steps 600 --out $R/ae-p2                                                    # phase 2
@@ -29,4 +29,4 @@ for run in ae-p3 ae-p3-nogan ae-p3-adaptive; do
 done
 # the picture: originals, the phase-2 AE, the phase-3 AE, from all 64 channels
 produce $R/phase3.png python evaluate.py recon --ae-ckpt $R/ae-p2/last.pt --baseline-ckpt $R/ae-p3/last.pt \
-    --latent-channels 64 --num-images 500 --grid $R/phase3.png
+    --c-primes 64 --num-images 500 --grid $R/phase3.png

@@ -40,11 +40,12 @@ done
 import os, sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-import curves, dcae15
+import dcae15
+from dcaelib import curves, models, pictures
 S = sys.argv[1]
 def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 4 x 4 latents, forward + backward
     with torch.device("meta"):
-        model = dcae15.build_backbone(dcae15.build_backbone_config(model_name, input_size=4, in_channels=64,
+        model = models.build_backbone(models.build_backbone_config(model_name, input_size=4, in_channels=64,
                                                                    num_classes=10))
         z, y = torch.randn(32, 64, 4, 4), torch.zeros(32, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
@@ -126,11 +127,8 @@ with open(os.path.join(S, "scaling.csv"), "w", newline="") as fh:
     writer.writeheader()
     writer.writerows(points)
 print("\n".join(lines))
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
+plt = pictures.pyplot()
+if plt is None:
     sys.exit("note: no picture: matplotlib is not installed (pip install matplotlib); the table and CSV are complete")
 fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
 for net, marker in (("DiT", "o"), ("UViT", "s")):

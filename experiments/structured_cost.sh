@@ -16,12 +16,12 @@ train $R/ae-k2-minmax python train_ae.py "${MINMAX[@]}" --save-every 200 --out $
 wait_all
 # PSNR / SSIM from the first 8, 32 and 64 channels, 1000 validation images
 for run in ae-plain ae ae-k2-max ae-k2-minmax; do
-  produce $R/recon-$run.json python evaluate.py recon --ae-ckpt $R/$run/last.pt --latent-channels 8,32,64 \
+  produce $R/recon-$run.json python evaluate.py recon --ae-ckpt $R/$run/last.pt --c-primes 8,32,64 \
       --json $R/recon-$run.json
 done
 for run in ae-k2-max ae-k2-minmax; do  # equal wall time: step 1400 of the two-pass runs
   produce $R/recon-$run-step1400.json python evaluate.py recon --ae-ckpt $R/$run/step_0001400.pt \
-      --latent-channels 8,32,64 --json $R/recon-$run-step1400.json
+      --c-primes 8,32,64 --json $R/recon-$run-step1400.json
 done
 # step time: each variant alone on every core, 120 steps; the log line at step 120 gives the img/s of
 # steps 81-120 (step time = 16 / that)

@@ -16,18 +16,20 @@ done
 autoencoders $R  # the quick start's pair (trained unless done)
 for tile in 0 256 128 64; do
   produce $R/tiling-recon-$tile.json python evaluate.py recon --ae-ckpt $R/ae/last.pt --image-size 512 \
-      --num-images 20 --latent-channels 64 --tile-size $tile --json $R/tiling-recon-$tile.json
+      --num-images 20 --c-primes 64 --tile-size $tile --json $R/tiling-recon-$tile.json
 done
 # tiled against whole: PSNR of the tiled reconstructions (encode and decode tiled) to the whole-image ones
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R/ae/last.pt" <<'PY'
-import sys, torch, checkpoint, common, data
-ae, _, _ = checkpoint.load_autoencoder(sys.argv[1])
+import sys, torch
+from dcaelib import data, files, metrics, tiling
+ae, _, _ = files.load_autoencoder(sys.argv[1])
 dataset = data.build_dataset("shapes", "val", 512, None, 0)
 x = torch.stack([dataset[i][0] for i in range(16)])
 with torch.no_grad():
     whole = ae.decode(ae.encode(x)).clamp(-1, 1)
     for tile in (256, 128, 64):
-        tiled = ae.set_tiling(tile).decode(ae.encode(x)).clamp(-1, 1)
+        coder = tiling.Tiled(ae, tile)
+        tiled = coder.decode(coder.encode(x)).clamp(-1, 1)
         print(f"512 px, {tile} px tiles ({tile // ae.spatial_compression_ratio} latent cells): tiled vs "
-              f"whole {common.psnr(tiled, whole).mean():.2f} dB PSNR (16 images)")
+              f"whole {metrics.psnr(tiled, whole).mean():.2f} dB PSNR (16 images)")
 PY

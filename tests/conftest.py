@@ -25,6 +25,18 @@ def tiny_ae():
     return ae.eval()
 
 
+@pytest.fixture(scope="session")
+def trained_ae(tmp_path_factory):
+    """The path of a tiny trained autoencoder (dc-ae-tiny, 16 px, 2 steps): the one AE every test of a
+    script that needs a trained one starts from (train_dit.py, evaluate.py, the guard, compile)."""
+    from helpers import run_script
+
+    out = tmp_path_factory.mktemp("trained") / "ae"
+    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4",
+                               "--perceptual", "off", "--max-steps", "2", "--out", out])
+    return str(out / "last.pt")
+
+
 @pytest.fixture
 def safetensors(monkeypatch):
     """safetensors.torch, importable: the real package where it is installed, else the format's

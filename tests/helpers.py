@@ -52,6 +52,14 @@ def run_script(script, args, check=True):
     return proc
 
 
+def dit_args(ae, out, steps, extra=(), cache=None):
+    """train_dit.py's flags for a tiny run of `steps` steps on the AE checkpoint `ae` into `out` (a
+    pathlib.Path; the latent cache beside it unless `cache`); `extra` flags come last and win."""
+    return ["--ae-ckpt", str(ae), "--model", "DiT-tiny", "--image-size", "16", "--max-images", "64",
+            "--batch-size", "8", "--max-steps", str(steps), "--log-every", "1", "--sample-steps", "2",
+            "--cache-dir", str(cache or out.parent / "cache"), "--out", str(out), *map(str, extra)]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

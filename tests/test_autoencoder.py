@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import dcae15
+from dcaelib import models
 
 # ----------------------------------------------------------------------------------------------------
 # Expected official state dicts, written out from the fact sheet (official-dcae.md sections 3.2, 3.3,
@@ -125,7 +125,7 @@ def test_load_official_file_formats(tiny_ae, tmp_path, wrap):
     path = tmp_path / "official.pt"
     torch.save(obj, path)
     with pytest.warns(UserWarning, match="measure_latent_scale"):  # no official factor for this preset
-        ae, scale = dcae15.load_official_dcae(str(path), "dc-ae-tiny")
+        ae, scale = dcae15.DCAE.from_pretrained(str(path), "dc-ae-tiny")
     assert scale is None and not ae.training
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(ae.decode(ae.encode(x)), tiny_ae.decode(tiny_ae.encode(x)), rtol=0, atol=0)
@@ -136,9 +136,9 @@ def test_load_official_rejects_mismatch(tmp_path):
     path = tmp_path / "wrong.pt"
     torch.save({"state_dict": small.state_dict()}, path)
     with pytest.raises(ValueError, match="does not match the model"):
-        dcae15.load_official_dcae(str(path), "dc-ae-f16c64-classroom")
+        dcae15.DCAE.from_pretrained(str(path), "dc-ae-f16c64-classroom")
     with pytest.raises(FileNotFoundError):
-        dcae15.load_official_dcae(str(tmp_path / "missing.pt"), "dc-ae-tiny")
+        dcae15.DCAE.from_pretrained(str(tmp_path / "missing.pt"), "dc-ae-tiny")
 
 
 def test_safetensors_is_optional(tmp_path):
@@ -148,16 +148,16 @@ def test_safetensors_is_optional(tmp_path):
     except ImportError:
         path.write_bytes(b"")
         with pytest.raises(ImportError, match="pip install safetensors"):
-            checkpoint.read_state_dict(str(path))
+            dcae15.read_weights(str(path))
         return
     sd = dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny")).state_dict()
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    assert checkpoint.read_state_dict(str(path)).keys() == sd.keys()
+    assert dcae15.read_weights(str(path)).keys() == sd.keys()
 
 
 def test_official_scaling_factors():
-    assert dcae15.DCAE_CONFIGS["dc-ae-f64c128-1.5"].scaling_factor == 0.5935
-    assert dcae15.DCAE_CONFIGS["dc-ae-f32c128-1.5"].scaling_factor is None  # unknown: must be measured
+    assert models.AUTOENCODER_CONFIGS["dc-ae-f64c128-1.5"].scaling_factor == 0.5935
+    assert models.AUTOENCODER_CONFIGS["dc-ae-f32c128-1.5"].scaling_factor is None  # unknown: must be measured
 
 
 # ----------------------------------------------------------------------------------------------------

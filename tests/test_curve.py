@@ -8,12 +8,8 @@ import shutil
 import pytest
 import torch
 
-import checkpoint
-import curves
-import data
-import fid
-import judge
 from helpers import run_script
+from dcaelib import curves, fid, files, judge
 
 # ---------------------------------------------------------------------------- speed-up arithmetic
 
@@ -124,19 +120,14 @@ def test_judge_is_trained_once_per_dataset_and_then_loaded(tmp_path, monkeypatch
         judge.dataset_judge({**run_args, "image_size": 32}, 10, 40, 2, cache, 20, torch.device("cpu"))
 
 
-def test_data_seed_of_old_runs_is_their_seed():
-    assert data.data_seed({"seed": 3}) == 3  # runs made before --data-seed drew the shapes with --seed
-    assert data.data_seed({"seed": 3, "data_seed": 0}) == 0
-
-
 # ---------------------------------------------------------------------------- the command
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, trained_ae):
     d = tmp_path_factory.mktemp("curve")
-    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
-                               "--perceptual", "off", "--out", d / "ae"])
+    (d / "ae").mkdir()
+    shutil.copy(trained_ae, d / "ae" / "last.pt")
     base = ["--ae-ckpt", d / "ae" / "last.pt", "--model", "DiT-tiny", "--image-size", "16", "--max-images", "40",
             "--batch-size", "8", "--max-steps", "4", "--save-every", "2", "--sample-every", "100", "--log-every", "2",
             "--sample-steps", "2", "--cache-dir", d / "cache"]
@@ -166,7 +157,7 @@ def test_curve_end_to_end_and_cached_points(runs):
         ("aug", "0", "2"), ("aug", "0", "4")]
     assert list(rows[0]) == ["label", "run", "seed", "step", "share_g1", "fd_g1", "share_g4", "fd_g4",
                              "ae_sha256", "judge_sha256", "commit", "protocol"]
-    ae_sha = checkpoint.weights_sha256(checkpoint.load_checkpoint(d / "ae" / "last.pt")["ema"])
+    ae_sha = files.weights_sha256(files.load_checkpoint(d / "ae" / "last.pt")["ema"])
     assert {r["ae_sha256"] for r in rows} == {ae_sha} and len({r["judge_sha256"] for r in rows}) == 1
     assert rows[0]["protocol"] == "samples 6, steps 2, seed 0, val 20"
     result = json.loads((d / "curve.json").read_text())
@@ -236,7 +227,7 @@ def test_the_judge_is_the_same_bit_for_bit_at_any_thread_count():
         hashes = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            hashes.append(checkpoint.weights_sha256(judge.train_judge(x, y, 10, 3, torch.device("cpu")).state_dict()))
+            hashes.append(files.weights_sha256(judge.train_judge(x, y, 10, 3, torch.device("cpu")).state_dict()))
             assert torch.get_num_threads() == n  # the caller's setting is given back
     finally:
         torch.set_num_threads(threads)
@@ -250,13 +241,13 @@ def test_curve_leaves_out_a_last_pt_that_changed_while_it_ran(runs, tmp_path, mo
     shutil.copytree(runs / "aug0", run)
     shutil.rmtree(run / "curve", ignore_errors=True)
     (run / "step_0000004.pt").unlink()  # the points: step_0000002.pt and last.pt (step 4)
-    real_load = checkpoint.load_dit
+    real_load = files.load_dit
 
     def load_a_newer_last_pt(path, *args, **kwargs):
         model, ae, ckpt = real_load(path, *args, **kwargs)
         return model, ae, {**ckpt, "step": ckpt["step"] + 1} if path.endswith("last.pt") else ckpt
 
-    monkeypatch.setattr(checkpoint, "load_dit", load_a_newer_last_pt)
+    monkeypatch.setattr(files, "load_dit", load_a_newer_last_pt)
     proc = run_script("evaluate.py", curve_args(tmp_path, f"aug={run}"))
     assert "last.pt holds step 5 now, not 4" in proc.stdout
     assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())["rows"]] == [2]

@@ -1,14 +1,13 @@
 """data.py: the built-in shapes dataset, image folders, CIFAR-10, the resumable distributed sampler;
-and common.psnr."""
+and metrics.psnr."""
 
 import math
 
 import pytest
 import torch
 
-import checkpoint
-import common
-import data
+from dcaelib import data, files, metrics
+
 
 
 def test_shapes_deterministic_per_index_and_split():
@@ -68,7 +67,7 @@ def test_psnr_closed_form():
     x = torch.zeros(2, 3, 4, 4)
     y = x.clone()
     y[0] += 10 / 127.5  # uint8 values 128 vs 138: MSE 100
-    p = common.psnr(y, x)
+    p = metrics.psnr(y, x)
     assert p[0].item() == pytest.approx(10 * math.log10(255**2 / 100))
     assert p[1].item() > 90  # identical images
 
@@ -162,14 +161,13 @@ def test_skipped_image_is_replaced_by_the_next_readable_one(tmp_path):
 def test_cache_encoding_writes_each_batch_at_its_rows_and_frees_memory_after_it(tiny_ae, tmp_path, monkeypatch):
     import numpy as np
 
-    import common
     import train_dit
 
     calls = []
-    monkeypatch.setattr(common, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(files, "release_free_memory", lambda: calls.append(1) or True)
     ds = data.build_dataset("shapes", "train", 16, size=10)
     rows = str(tmp_path / "rows.npy")
-    checkpoint.create_npy(rows, (10, 8, 4, 4), "float32")
+    files.create_npy(rows, (10, 8, 4, 4), "float32")
     labels = train_dit.encode_into(tiny_ae, ds, rows, False, [2, 0, 1], 4, 0, torch.device("cpu"))
     assert len(calls) == 3  # once per batch: the process stays at one batch's memory
     x = torch.stack([ds[i][0] for i in range(10)])

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import dcae15
 from helpers import run_script
+from dcaelib import dcae10, files, models
 
 
 def resblock(p, C, bn=False):
@@ -76,28 +76,28 @@ PRESETS = {  # name: (widths, encoder depths, decoder depths, c, official M para
 def test_presets_have_the_official_keys_shapes_and_sizes(name):
     w, enc_depth, dec_depth, c, (millions, enc_millions, entries) = PRESETS[name]
     with torch.device("meta"):
-        ae = dcae15.DCAE(dcae15.build_dcae_config(name))
+        ae = models.build_autoencoder(models.autoencoder_config(name))
     sd = {k: tuple(v.shape) for k, v in ae.state_dict().items()}
     assert sd == official_10_keys(w, enc_depth, dec_depth, c)
     assert entries is None or len(sd) == entries
     assert sum(p.numel() for p in ae.parameters()) / 1e6 == pytest.approx(millions, abs=0.005)
     if enc_millions is not None:
         assert sum(p.numel() for p in ae.encoder.parameters()) / 1e6 == pytest.approx(enc_millions, abs=0.005)
-    mix = dcae15.build_dcae_config(name.replace("-in-", "-mix-"))  # the mix models: the same architecture
+    mix = models.autoencoder_config(name.replace("-in-", "-mix-"))  # the mix models: the same architecture
     assert mix.encoder == ae.cfg.encoder and mix.decoder == ae.cfg.decoder
 
 
 def test_official_scaling_factors_of_the_imagenet_models():
-    assert dcae15.build_dcae_config("dc-ae-f32c32-in-1.0").scaling_factor == 0.3189
-    assert dcae15.build_dcae_config("dc-ae-f64c128-in-1.0").scaling_factor == 0.2889
-    assert dcae15.build_dcae_config("dc-ae-f128c512-in-1.0").scaling_factor is None  # not in the official code
+    assert models.autoencoder_config("dc-ae-f32c32-in-1.0").scaling_factor == 0.3189
+    assert models.autoencoder_config("dc-ae-f64c128-in-1.0").scaling_factor == 0.2889
+    assert models.autoencoder_config("dc-ae-f128c512-in-1.0").scaling_factor is None  # not in the official code
 
 
 def test_lite_mla_is_relu_attention_normalised_over_the_keys():
     """The linear form (what the code computes) against the quadratic form written out: for each query n,
     sum_m v_m (k_m . q_n) / (sum_m k_m . q_n + eps), with q = relu, k = relu, heads of 32 channels."""
     torch.manual_seed(0)
-    mla = dcae15.LiteMLA(64, norm="trms2d")
+    mla = dcae10.LiteMLA(64, norm="trms2d")
     x = torch.randn(2, 64, 5, 7)
     qkv = mla.qkv(x).reshape(2, 2, 96, 35)  # 2 heads: [q | k | v] per head
     q, k, v = F.relu(qkv[:, :, :32]), F.relu(qkv[:, :, 32:64]), qkv[:, :, 64:]
@@ -108,7 +108,7 @@ def test_lite_mla_is_relu_attention_normalised_over_the_keys():
 
 def random_10(name="dc-ae-tiny-1.0"):
     torch.manual_seed(0)
-    ae = dcae15.DCAE(dcae15.build_dcae_config(name))
+    ae = models.build_autoencoder(models.autoencoder_config(name))
     with torch.no_grad():
         for k, v in ae.state_dict().items():  # BatchNorm statistics too, so that eval mode uses them
             if v.is_floating_point():
@@ -138,15 +138,15 @@ def test_an_official_format_file_loads_strictly_with_its_batchnorm_statistics(tm
     content = {"state_dict": {**sd, "disc.w": torch.ones(1)}} if wrap == "state_dict" else sd
     torch.save(content, tmp_path / "official.pt")
     with pytest.warns(UserWarning, match="measure_latent_scale"):
-        loaded, scale = dcae15.load_official_dcae(str(tmp_path / "official.pt"), "dc-ae-tiny-1.0")
+        loaded, scale = dcae10.DCAE10.from_pretrained(str(tmp_path / "official.pt"), "dc-ae-tiny-1.0")
     assert scale is None and not loaded.training
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], ae(x)[0])
     with pytest.raises(ValueError, match="missing keys"):  # a 1.5 file is not a 1.0 model
-        torch.save(dcae15.DCAE(dcae15.build_dcae_config("dc-ae-tiny")).state_dict(), tmp_path / "15.pt")
-        dcae15.load_official_dcae(str(tmp_path / "15.pt"), "dc-ae-tiny-1.0")
+        torch.save(models.build_autoencoder(models.autoencoder_config("dc-ae-tiny")).state_dict(), tmp_path / "15.pt")
+        dcae10.DCAE10.from_pretrained(str(tmp_path / "15.pt"), "dc-ae-tiny-1.0")
 
 
 def test_train_ae_trains_resumes_and_the_pipeline_uses_a_10_autoencoder(tmp_path):
@@ -155,14 +155,14 @@ def test_train_ae_trains_resumes_and_the_pipeline_uses_a_10_autoencoder(tmp_path
     run_script("train_ae.py", [*args, "--max-steps", "3", "--out", tmp_path / "straight"])
     run_script("train_ae.py", [*args, "--max-steps", "2", "--out", tmp_path / "split"])
     run_script("train_ae.py", [*args, "--max-steps", "3", "--out", tmp_path / "split", "--resume"])
-    a = checkpoint.load_checkpoint(str(tmp_path / "straight" / "last.pt"))
-    b = checkpoint.load_checkpoint(str(tmp_path / "split" / "last.pt"))
+    a = files.load_checkpoint(str(tmp_path / "straight" / "last.pt"))
+    b = files.load_checkpoint(str(tmp_path / "split" / "last.pt"))
     for part in ("model", "ema"):  # BatchNorm buffers included
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert any("running_mean" in k for k in a["ema"])
     ae = tmp_path / "straight" / "last.pt"
     run_script("evaluate.py", ["recon", "--ae-ckpt", ae, "--image-size", "16", "--num-images", "4", "--lpips", "off",
-                               "--latent-channels", "2,8", "--json", tmp_path / "r.json"])
+                               "--c-primes", "2,8", "--json", tmp_path / "r.json"])
     assert set(json.loads((tmp_path / "r.json").read_text())["results"]["model"]) == {"2", "8"}
     run_script("train_dit.py", ["--ae-ckpt", ae, "--model", "DiT-tiny", "--image-size", "16", "--max-images", "40",
                                 "--batch-size", "8", "--max-steps", "2", "--sample-steps", "2",

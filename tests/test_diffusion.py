@@ -99,7 +99,7 @@ def test_ddim_partial_channels_and_cfg():
     diff = dcae15.GaussianDiffusion()
     point = torch.randn(1, 8, 4, 4)
     model = EpsModel(oracle_for(point, diff))
-    out = diff.ddim_sample(model, (2, 8, 4, 4), torch.tensor([0, 1]), steps=10, cfg_scale=3.0, latent_channels=3,
+    out = diff.ddim_sample(model, (2, 8, 4, 4), torch.tensor([0, 1]), steps=10, cfg_scale=3.0, c_prime=3,
                            generator=torch.Generator().manual_seed(0))
     assert out[:, 3:].eq(0).all()  # the rest stays exactly zero
     torch.testing.assert_close(out[:, :3], point[:, :3].expand(2, -1, -1, -1), rtol=0, atol=1e-3)

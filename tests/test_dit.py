@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import dcae15
+from dcaelib import models
 
 
 def tiny_dit(**kw):
@@ -81,7 +82,7 @@ def test_the_classroom_ladders_are_about_4x_apart():
     for net in ("DiT", "UViT"):
         sizes = []
         for name in (f"{net}-classroom-S", f"{net}-classroom", f"{net}-classroom-L"):
-            cfg = dcae15.build_backbone_config(name, input_size=4, in_channels=64, num_classes=10)
+            cfg = models.build_backbone_config(name, input_size=4, in_channels=64, num_classes=10)
             with torch.device("meta"):
-                sizes.append(sum(p.numel() for p in dcae15.build_backbone(cfg).parameters()))
+                sizes.append(sum(p.numel() for p in models.build_backbone(cfg).parameters()))
         assert all(3.5 < b / a < 4.5 for a, b in zip(sizes, sizes[1:])), (net, sizes)

@@ -2,6 +2,7 @@
 commands."""
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -11,13 +12,8 @@ import torch
 import torchvision
 from PIL import Image
 
-import checkpoint
-import common
-import data
-import fid
-import judge
-import metrics
 from helpers import run_script
+from dcaelib import data, fid, files, judge, metrics, pictures
 
 
 
@@ -87,7 +83,7 @@ def test_streaming_stats_merge_and_npz_round_trip(tmp_path):
     np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
     path = str(tmp_path / "stats.npz")
-    checkpoint.save_npz(path, mu=mu, sigma=sigma)
+    files.save_npz(path, mu=mu, sigma=sigma)
     mu2, sigma2 = fid.load_stats(path)
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
     np.savez(tmp_path / "bad.npz", arr_0=mu)
@@ -113,7 +109,7 @@ def test_laplacian_energy_and_sharpness():
     board = ((torch.arange(12)[:, None] + torch.arange(12)[None]) % 2 * 255).to(torch.uint8).expand(1, 3, 12, 12)
     assert metrics.laplacian_energy(board).item() == pytest.approx((4 * 255) ** 2)
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    blurred = common.to_uint8(judge.random_blur(x.float() / 127.5 - 1, 2.0).clamp(-1, 1))
+    blurred = pictures.to_uint8(judge.random_blur(x.float() / 127.5 - 1, 2.0).clamp(-1, 1))
     before, after = metrics.laplacian_energy(x), metrics.laplacian_energy(blurred)
     assert (after <= before).all() and after.mean() < 0.5 * before.mean()  # blur (random sigma) loses detail
 
@@ -122,10 +118,10 @@ def run(args):
     return run_script("evaluate.py", args, check=False)
 
 
-def test_commands_end_to_end(tmp_path):
+def test_commands_end_to_end(tmp_path, trained_ae):
     # a tiny AE checkpoint and random-weight Inception "FID weights"
-    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4",
-                               "--max-steps", "2", "--perceptual", "off", "--out", str(tmp_path / "ae")])
+    (tmp_path / "ae").mkdir()
+    shutil.copy(trained_ae, tmp_path / "ae" / "last.pt")
     weights = str(tmp_path / "inception.pth")
     torch.manual_seed(0)
     torch.save(fid.FIDInception().net.state_dict(), weights)
@@ -133,7 +129,7 @@ def test_commands_end_to_end(tmp_path):
 
     out_json = str(tmp_path / "recon.json")
     proc = run(["recon", "--ae-ckpt", ckpt, "--baseline-ckpt", ckpt, "--image-size", "16", "--num-images", "2",
-                "--latent-channels", "8", "--inception-weights", weights, "--lpips", "off", "--json", out_json])
+                "--c-primes", "8", "--inception-weights", weights, "--lpips", "off", "--json", out_json])
     assert proc.returncode == 0, proc.stderr
     result = json.load(open(out_json))["results"]
     assert set(result) == {"model", "baseline"} and set(result["model"]) == {"8"}
@@ -144,7 +140,7 @@ def test_commands_end_to_end(tmp_path):
     # offline without the Inception weights: recon goes on without rFID, fid/ref stop with a clear message
     grid = tmp_path / "grid.png"
     proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "2", "--lpips", "off",
-                "--latent-channels", "2,8", "--inception-weights", str(tmp_path / "missing.pth"),
+                "--c-primes", "2,8", "--inception-weights", str(tmp_path / "missing.pth"),
                 "--grid", str(grid), "--json", out_json])
     assert proc.returncode == 0 and "rFID skipped" in proc.stdout
     result = json.load(open(out_json))["results"]
@@ -154,13 +150,13 @@ def test_commands_end_to_end(tmp_path):
     # its first column is the originals, pixel for pixel
     picture = torch.from_numpy(np.array(Image.open(grid))).permute(2, 0, 1)
     assert picture.shape == (3, 2 + 2 * 18, 2 + 3 * 18)
-    originals = common.to_uint8(torch.stack([data.ShapesDataset("val", image_size=16)[i][0] for i in range(2)]))
+    originals = pictures.to_uint8(torch.stack([data.ShapesDataset("val", image_size=16)[i][0] for i in range(2)]))
     assert torch.equal(picture[:, 2:18, 2:18], originals[0]) and torch.equal(picture[:, 20:36, 2:18], originals[1])
     for flag in ("--grid", "--json"):  # refused before any work
         proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", flag, str(tmp_path / "no" / "out")])
         assert proc.returncode != 0 and f"{flag} " in proc.stderr and "folder does not exist" in proc.stderr
     # --num-images 0 is every image of the split: the shapes set's 1000 validation images
-    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "0", "--latent-channels", "8",
+    proc = run(["recon", "--ae-ckpt", ckpt, "--image-size", "16", "--num-images", "0", "--c-primes", "8",
                 "--lpips", "off", "--fid", "off", "--batch-size", "250", "--json", out_json])
     assert proc.returncode == 0, proc.stderr
     assert json.load(open(out_json))["num_images"] == 1000 and "1000 shapes val images" in proc.stdout
@@ -169,7 +165,7 @@ def test_commands_end_to_end(tmp_path):
     proc = run(["ref", "--image-size", "16", "--num-images", "3", "--inception-weights", weights, "--out", ref])
     assert proc.returncode == 0, proc.stderr
     ds = data.ShapesDataset("train", image_size=16)
-    imgs = common.to_uint8(torch.stack([ds[i][0] for i in range(3)])).permute(0, 2, 3, 1).numpy()
+    imgs = pictures.to_uint8(torch.stack([ds[i][0] for i in range(3)])).permute(0, 2, 3, 1).numpy()
     np.savez(tmp_path / "same.npz", arr_0=imgs)
     proc = run(["fid", "--samples", str(tmp_path / "same.npz"), "--ref", ref, "--inception-weights", weights,
                 "--batch-size", "2"])
@@ -185,22 +181,22 @@ def test_npy_rows_npz_assembly_and_batched_reading(tmp_path):
     evaluate.py fid's batch-by-batch reading; compressed .npz files read the same way."""
     a = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     rows = str(tmp_path / "rows.npy")
-    checkpoint.create_npy(rows, a.shape, np.uint8)
-    checkpoint.write_npy_rows(rows, 4, a[4:])  # any order, any writer
-    checkpoint.write_npy_rows(rows, 0, a[:4])
+    files.create_npy(rows, a.shape, np.uint8)
+    files.write_npy_rows(rows, 4, a[4:])  # any order, any writer
+    files.write_npy_rows(rows, 0, a[:4])
     assert np.array_equal(np.load(rows), a)
     with pytest.raises(ValueError, match="do not fit"):
-        checkpoint.write_npy_rows(rows, 8, a[:4])  # past the end
+        files.write_npy_rows(rows, 8, a[:4])  # past the end
     labels = str(tmp_path / "labels.npy")
     np.save(labels, np.arange(10))
     npz = str(tmp_path / "s.npz")
-    checkpoint.npz_from_npy(npz, {"arr_0": rows, "arr_1": labels}, chunk=7)  # chunks that split rows
+    files.npz_from_npy(npz, {"arr_0": rows, "arr_1": labels}, chunk=7)  # chunks that split rows
     with np.load(npz) as z:
         assert np.array_equal(z["arr_0"], a) and np.array_equal(z["arr_1"], np.arange(10))
-    assert np.array_equal(np.concatenate(list(checkpoint.npz_batches(npz, batch_size=3))), a)
-    mine = list(checkpoint.npz_batches(npz, batch_size=3, rank=1, world=2))  # batches 1 and 3
+    assert np.array_equal(np.concatenate(list(files.npz_batches(npz, batch_size=3))), a)
+    mine = list(files.npz_batches(npz, batch_size=3, rank=1, world=2))  # batches 1 and 3
     assert np.array_equal(np.concatenate(mine), np.concatenate([a[3:6], a[9:]]))
     np.savez_compressed(tmp_path / "c.npz", arr_0=a)
-    assert np.array_equal(np.concatenate(list(checkpoint.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
+    assert np.array_equal(np.concatenate(list(files.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
     with pytest.raises(ValueError, match="has no array 'arr_2'"):
-        next(checkpoint.npz_batches(npz, "arr_2"))
+        next(files.npz_batches(npz, "arr_2"))

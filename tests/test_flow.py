@@ -128,11 +128,11 @@ def test_partial_generation_and_guidance():
     mu, s = torch.randn(1, C, 1, 1), torch.full((1, C, 1, 1), 0.5)
     model = VelocityModel(gaussian_velocity(mu, s))
     out = fm.sample(model, (3, C, 4, 4), torch.tensor([0, 1, 2]), steps=10, cfg_scale=3.0,
-                    latent_channels=3, generator=torch.Generator().manual_seed(0))
+                    c_prime=3, generator=torch.Generator().manual_seed(0))
     assert out[:, 3:].eq(0).all()  # channels >= c' stay exactly zero
     assert all(x[:, 3:].eq(0).all() for x, _ in model.seen)  # the model only sees masked inputs
     # guidance of a label-blind model changes nothing: u + s (c - u) = u
-    plain = fm.sample(model, (3, C, 4, 4), torch.tensor([0, 1, 2]), steps=10, latent_channels=3,
+    plain = fm.sample(model, (3, C, 4, 4), torch.tensor([0, 1, 2]), steps=10, c_prime=3,
                       generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, plain)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dcae15
+from dcaelib import models
 from helpers import ROOT
 
 
@@ -42,7 +43,7 @@ def test_ae_with_checkpointing_has_the_same_loss_and_gradients(c_prime):
 @pytest.mark.parametrize("objective,preset", [("flow", "DiT-tiny"), ("ddpm", "DiT-tiny"), ("flow", "UViT-tiny")])
 def test_dit_with_checkpointing_has_the_same_augmented_loss_and_gradients(objective, preset):
     torch.manual_seed(0)
-    dit = dcae15.build_backbone(dcae15.build_backbone_config(preset, input_size=4, in_channels=8, num_classes=10))
+    dit = models.build_backbone(models.build_backbone_config(preset, input_size=4, in_channels=8, num_classes=10))
     diffusion = dcae15.build_objective(objective)
     x, y = torch.randn(4, 8, 4, 4), torch.tensor([0, 1, 2, 10])
 

@@ -3,31 +3,31 @@ checkpoint write ends the run with one line; metrics.jsonl records every log lin
 --resume. Non-finite losses are injected at chosen steps by wrapping the objectives' loss."""
 
 import errno
+import os
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-import checkpoint
 import dcae15
+import helpers
 from helpers import run_script
+from dcaelib import files, trainer
 
 AE = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
       "--log-every", "1", "--ema-warmup", "2"]
 
 
 def dit_args(ae, out, steps, extra=()):
-    return ["--ae-ckpt", ae, "--model", "DiT-tiny", "--image-size", "16", "--max-images", "64", "--batch-size", "8",
-            "--max-steps", str(steps), "--log-every", "1", "--sample-steps", "2", "--ema-warmup", "2",
-            "--cache-dir", str(out.parent / "cache"), "--out", str(out), *extra]
+    return helpers.dit_args(ae, out, steps, ["--ema-warmup", "2", *extra])
 
 
-@pytest.fixture(scope="module")
-def ae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("guard") / "ae"
-    run_script("train_ae.py", [*AE, "--max-steps", "2", "--out", out])
-    return str(out / "last.pt")
+@pytest.fixture
+def ae(trained_ae):
+    return trained_ae
 
 
 def poison_flow_loss(monkeypatch, bad_calls):
@@ -51,8 +51,8 @@ def test_a_non_finite_step_changes_no_weight_and_training_goes_on(ae, tmp_path, 
     poison_flow_loss(monkeypatch, {3})
     proc = run_script("train_dit.py", dit_args(ae, tmp_path / "poisoned", 3))
     assert "| skipped 1" in proc.stdout  # the log line of step 3 counts it
-    clean = checkpoint.load_checkpoint(str(tmp_path / "clean" / "last.pt"))
-    poisoned = checkpoint.load_checkpoint(str(tmp_path / "poisoned" / "last.pt"))
+    clean = files.load_checkpoint(str(tmp_path / "clean" / "last.pt"))
+    poisoned = files.load_checkpoint(str(tmp_path / "poisoned" / "last.pt"))
     for part in ("model", "ema"):  # step 3 was not applied: the weights are step 2's, bit for bit
         assert all(torch.equal(clean[part][k], poisoned[part][k]) for k in clean[part])
     assert clean["opt"]["state"][0]["step"] == poisoned["opt"]["state"][0]["step"] == 2
@@ -61,7 +61,7 @@ def test_a_non_finite_step_changes_no_weight_and_training_goes_on(ae, tmp_path, 
     # one bad step among good ones: the run goes on to the end
     poison_flow_loss(monkeypatch, {2})
     run_script("train_dit.py", dit_args(ae, tmp_path / "goes-on", 5))
-    ckpt = checkpoint.load_checkpoint(str(tmp_path / "goes-on" / "last.pt"))
+    ckpt = files.load_checkpoint(str(tmp_path / "goes-on" / "last.pt"))
     assert ckpt["step"] == 5 and finite(ckpt["model"]) and finite(ckpt["ema"])
 
 
@@ -75,7 +75,7 @@ def test_steps_non_finite_in_a_row_stop_the_run_and_last_pt_stays_finite(ae, tmp
     assert len(message.splitlines()) == 1 and message.startswith("train_dit.py: error: step 6: 3 steps in a row")
     # the last save (step 4) holds step 3's weights: the skipped step 4 changed nothing
     assert f"the last intact checkpoint is {out / 'last.pt'} (step 4)" in message
-    ckpt = checkpoint.load_checkpoint(str(out / "last.pt"))
+    ckpt = files.load_checkpoint(str(out / "last.pt"))
     assert ckpt["step"] == 4 and finite(ckpt["model"]) and finite(ckpt["ema"])
     assert "steps in a row" in (out / "log.txt").read_text().splitlines()[-1]
 
@@ -87,7 +87,7 @@ def test_the_diverging_commands_end_with_one_line(ae, tmp_path, script):
     proc = run_script(script, [*args, "--lr", "1e30", "--grad-clip", "1e30"], check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "the run diverged" in proc.stderr
-    assert not (out / "last.pt").exists() or finite(checkpoint.load_checkpoint(str(out / "last.pt"))["model"])
+    assert not (out / "last.pt").exists() or finite(files.load_checkpoint(str(out / "last.pt"))["model"])
 
 
 def test_the_ae_discriminator_step_is_guarded_too(tmp_path, monkeypatch):
@@ -98,14 +98,13 @@ def test_the_ae_discriminator_step_is_guarded_too(tmp_path, monkeypatch):
     proc = run_script("train_ae.py", [*AE, "--max-steps", "3", "--gan-weight", "0.1", "--out", out,
                                       "--max-skipped-steps", "5"])
     assert "| skipped 1" in proc.stdout
-    ckpt = checkpoint.load_checkpoint(str(out / "last.pt"))
+    ckpt = files.load_checkpoint(str(out / "last.pt"))
     assert finite(ckpt["disc"]) and ckpt["opt_disc"]["state"] == {}  # the discriminator never stepped
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
     import argparse
 
-    import trainer
 
     args = argparse.Namespace(out=str(tmp_path), save_every=0)
     ckpt = {"model": {"w": torch.tensor([1.0, math.inf])}, "ema": {"w": torch.ones(2)}}
@@ -116,21 +115,73 @@ def test_non_finite_weights_are_never_written(tmp_path):
 
 
 def test_a_failed_checkpoint_write_ends_the_run_with_one_line(ae, tmp_path, monkeypatch):
-    real, calls = checkpoint.save_checkpoint, [0]
+    """What torch's zip writer really raises on a full disk (a RuntimeError, after writing part of the
+    file), and what Python raises (OSError ENOSPC): one line naming the file, the cause and the last
+    intact checkpoint; no traceback, no partial file."""
+    real = torch.save
+    for i, error in enumerate((RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                                            "532160 vs 532048"), OSError(errno.ENOSPC, "No space left on device"))):
+        calls = [0]
 
-    def save_until_the_disk_is_full(obj, path):
-        calls[0] += 1
-        if calls[0] > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(obj, path)
+        def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] > 1:
+                with open(f, "wb") as fh:
+                    fh.write(b"PK half a zip")  # torch has written part of the file when it fails
+                raise error
+            real(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_until_the_disk_is_full)
-    out = tmp_path / "full"
-    proc = run_script("train_dit.py", dit_args(ae, out, 4, ["--sample-every", "2"]), check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"train_dit.py: error: step 4: could not write {out / 'last.pt'}: No space "
-                                   f"left on device; the last intact checkpoint is {out / 'last.pt'} (step 2)")
-    assert checkpoint.load_checkpoint(str(out / "last.pt"))["step"] == 2
+        monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+        out = tmp_path / f"full{i}"
+        proc = run_script("train_dit.py", dit_args(ae, out, 4, ["--sample-every", "2"]), check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+        cause = "[enforce fail" if i == 0 else "no space left on the device"  # a real full disk: see below
+        assert proc.stderr.startswith(f"train_dit.py: error: step 4: could not write {out / 'last.pt'}: "
+                                      f"{cause}"), proc.stderr
+        assert proc.stderr.strip().endswith(f"the last intact checkpoint is {out / 'last.pt'} (step 2)")
+        monkeypatch.setattr(torch, "save", real)
+        assert files.load_checkpoint(str(out / "last.pt"))["step"] == 2
+        assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def mounted_tmpfs(folder, size):
+    """A tmpfs of `size` at `folder` (needs root and a kernel that allows it), or None."""
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return folder if proc.returncode == 0 else None
+
+
+@pytest.mark.parametrize("script", ["train_ae.py", "sample.py"])
+def test_a_real_full_disk_gives_one_line_and_no_partial_file(ae, tmp_path, script):
+    """A real full file system (a 2.6 MB tmpfs): the writers fail as they do at scale."""
+    disk = mounted_tmpfs(tmp_path / "disk", "2600k")
+    if disk is None:
+        pytest.skip("cannot mount a tmpfs here (needs root): the injected errors above stand in")
+    try:
+        if script == "train_ae.py":
+            out = disk / "ae"
+            args = ["--model", "dc-ae-tiny", "--max-steps", "6", "--batch-size", "4", "--log-every", "2",
+                    "--sample-every", "2", "--perceptual", "off", "--out", out]
+        else:
+            dit = tmp_path / "dit"
+            run_script("train_dit.py", dit_args(ae, dit, 1))
+            (disk / "filler").write_bytes(b"\0" * (2600 * 1024 - 400 * 1024))  # 400 KB left
+            args = ["--ckpt", dit / "last.pt", "--num-samples", "600", "--steps", "1", "--npz",
+                    disk / "samples.npz", "--out", disk / "grid.png"]
+        proc = subprocess.run([sys.executable, os.path.join(helpers.ROOT, script), *map(str, args), "--device", "cpu"],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "no space left on the device" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
+        leftovers = [p for p in os.listdir(disk / "ae" if script == "train_ae.py" else disk) if "tmp" in p]
+        assert not leftovers, leftovers
+        if script == "train_ae.py":
+            assert "the last intact checkpoint is" in proc.stderr
+            files.load_checkpoint(str(disk / "ae" / "last.pt"))  # intact
+        else:
+            assert not (disk / "samples.npz").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_metrics_jsonl_has_every_log_line_and_survives_resume(ae, tmp_path):

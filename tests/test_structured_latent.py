@@ -30,20 +30,20 @@ def test_channel_mask_rejects_out_of_range(bad):
 
 
 def test_default_choices():
-    assert dcae15.default_channel_choices(128) == [16, 32, 48, 64, 80, 96, 112, 128]
-    assert dcae15.default_channel_choices(64) == [8, 16, 24, 32, 40, 48, 56, 64]
-    assert dcae15.default_channel_choices(8) == list(range(1, 9))
-    assert dcae15.default_channel_choices(4) == [1, 2, 3, 4]
+    assert dcae15.default_c_prime_choices(128) == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert dcae15.default_c_prime_choices(64) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert dcae15.default_c_prime_choices(8) == list(range(1, 9))
+    assert dcae15.default_c_prime_choices(4) == [1, 2, 3, 4]
     with pytest.raises(ValueError):
-        dcae15.check_channel_choices([0, 8], 8)
+        dcae15.check_c_prime_choices([0, 8], 8)
     with pytest.raises(ValueError):
-        dcae15.check_channel_choices([], 8)
-    assert dcae15.check_channel_choices(["8", 2, 2], 8) == [2, 8]
+        dcae15.check_c_prime_choices([], 8)
+    assert dcae15.check_c_prime_choices(["8", 2, 2], 8) == [2, 8]
 
 
 def test_sampling_is_seeded_uniform_and_in_choices():
     choices = [16, 32, 48, 64]
-    draw = lambda seed, **kw: dcae15.sample_latent_channels(choices, generator=torch.Generator().manual_seed(seed), **kw)
+    draw = lambda seed, **kw: dcae15.sample_c_prime(choices, generator=torch.Generator().manual_seed(seed), **kw)
     assert isinstance(draw(0), int) and draw(0) in choices
     assert draw(3) == draw(3)
     per_sample = draw(1, batch_size=4000)
@@ -71,16 +71,16 @@ def test_several_c_from_one_encoder_pass_equal_separate_passes(tiny_ae):
 def test_sample_channel_list_follows_the_official_options():
     choices = [2, 4, 6, 8]
     for seed in range(20):  # one draw by default: the same as sample_latent_channels
-        one = dcae15.sample_channel_list(choices, generator=torch.Generator().manual_seed(seed))
-        assert one == [dcae15.sample_latent_channels(choices, generator=torch.Generator().manual_seed(seed))]
+        one = dcae15.sample_c_primes(choices, generator=torch.Generator().manual_seed(seed))
+        assert one == [dcae15.sample_c_prime(choices, generator=torch.Generator().manual_seed(seed))]
     g = torch.Generator().manual_seed(0)
-    lists = [dcae15.sample_channel_list(choices, 3, always_max=True, generator=g) for _ in range(200)]
+    lists = [dcae15.sample_c_primes(choices, 3, always_max=True, generator=g) for _ in range(200)]
     assert all(len(c) == 3 and c[0] == 8 for c in lists)
     assert {c for cs in lists for c in cs[1:]} == set(choices)  # the rest are uniform draws
-    lists = [dcae15.sample_channel_list(choices, 3, always_min_max=True, generator=g) for _ in range(200)]
+    lists = [dcae15.sample_c_primes(choices, 3, always_min_max=True, generator=g) for _ in range(200)]
     assert all(c[:2] == [2, 8] for c in lists) and {c[2] for c in lists} == set(choices)
-    assert dcae15.sample_channel_list(choices, 2, always_min_max=True, generator=g) == [2, 8]
+    assert dcae15.sample_c_primes(choices, 2, always_min_max=True, generator=g) == [2, 8]
     with pytest.raises(ValueError, match="at least 2"):
-        dcae15.sample_channel_list(choices, 1, always_min_max=True)
+        dcae15.sample_c_primes(choices, 1, always_min_max=True)
     with pytest.raises(ValueError, match="exclude each other"):
-        dcae15.sample_channel_list(choices, 3, always_max=True, always_min_max=True)
+        dcae15.sample_c_primes(choices, 3, always_max=True, always_min_max=True)

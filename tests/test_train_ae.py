@@ -9,6 +9,7 @@ import torch
 
 import dcae15
 from helpers import run_script, two_processes
+from dcaelib import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--perceptual", "off",
@@ -54,14 +55,12 @@ def test_two_trainings_at_one_thread_give_one_sha256(tmp_path):
     """Two fresh processes with OMP_NUM_THREADS=1 train the same weights bit for bit (what lets a
     comparison that spans sessions train its autoencoders again), and the checkpoint says with
     which code, torch and thread count."""
-    import checkpoint
-
     hashes = []
     for i in range(2):
         out = str(tmp_path / f"run{i}")
         run([*TINY, "--max-steps", "3", "--out", out], launcher=[sys.executable])
-        ckpt = checkpoint.load_checkpoint(os.path.join(out, "last.pt"))
-        hashes.append((checkpoint.weights_sha256(ckpt["ema"]), checkpoint.weights_sha256(ckpt["model"])))
+        ckpt = files.load_checkpoint(os.path.join(out, "last.pt"))
+        hashes.append((files.weights_sha256(ckpt["ema"]), files.weights_sha256(ckpt["model"])))
         assert ckpt["provenance"]["threads"] == 1 and ckpt["provenance"]["torch"] == torch.__version__
     assert hashes[0] == hashes[1]
 

@@ -2,13 +2,14 @@
 that it learns, and the scripts training, resuming and sampling one."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-import checkpoint
 import dcae15
 from helpers import run_script
+from dcaelib import files, models, uvit
 
 # The official parameter counts (DC-Gen uvit.py, 1000 classes, patch 1): S and H on 32-channel 16x16
 # latents (f32c32 at 512 px), 2B and 3B on 128-channel 8x8 latents (f64c128 at 512 px).
@@ -39,10 +40,10 @@ def official_keys(depth, D, C, N, classes=1000):
 @pytest.mark.parametrize("name", list(OFFICIAL))
 def test_presets_have_the_official_keys_shapes_and_parameter_counts(name):
     C, n, millions, entries = OFFICIAL[name]
-    cfg = dcae15.build_uvit_config(name, input_size=n, in_channels=C, num_classes=1000)
+    cfg = uvit.build_uvit_config(name, input_size=n, in_channels=C, num_classes=1000)
     with torch.device("meta"):
-        model = dcae15.build_backbone(cfg)
-    assert isinstance(model, dcae15.UViT)
+        model = models.build_backbone(cfg)
+    assert isinstance(model, uvit.UViT)
     sd = model.state_dict()
     assert len(sd) == entries
     assert {k: tuple(v.shape) for k, v in sd.items()} == official_keys(cfg.depth, cfg.hidden_size, C, n * n)
@@ -51,7 +52,7 @@ def test_presets_have_the_official_keys_shapes_and_parameter_counts(name):
 
 def tiny(**kwargs):
     torch.manual_seed(0)
-    return dcae15.UViT(dcae15.build_uvit_config("UViT-tiny", input_size=4, in_channels=8, num_classes=10,
+    return uvit.UViT(uvit.build_uvit_config("UViT-tiny", input_size=4, in_channels=8, num_classes=10,
                                                 **{"depth": 4, **kwargs}))
 
 
@@ -126,13 +127,13 @@ def test_official_files_load_strictly(tmp_path):
             for p in loaded.parameters():
                 p.zero_()
         raw = torch.load(tmp_path / "official.pt", weights_only=True)
-        loaded.load_state_dict(dcae15.backbone_state_dict(raw), strict=True)
+        loaded.load_state_dict(uvit.backbone_state_dict(raw), strict=True)
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
 
 
-def test_scripts_train_resume_sample_and_judge_a_uvit(tmp_path):
-    run_script("train_ae.py", ["--model", "dc-ae-tiny", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
-                               "--perceptual", "off", "--out", tmp_path / "ae"])
+def test_scripts_train_resume_sample_and_judge_a_uvit(tmp_path, trained_ae):
+    (tmp_path / "ae").mkdir()
+    shutil.copy(trained_ae, tmp_path / "ae" / "last.pt")
     common = ["--ae-ckpt", tmp_path / "ae" / "last.pt", "--model", "UViT-tiny", "--image-size", "16",
               "--max-images", "40", "--batch-size", "8", "--log-every", "2", "--sample-steps", "2",
               "--cache-dir", tmp_path / "cache"]
@@ -140,11 +141,11 @@ def test_scripts_train_resume_sample_and_judge_a_uvit(tmp_path):
     assert "training UViT-tiny" in proc.stdout
     run_script("train_dit.py", [*common, "--max-steps", "2", "--out", tmp_path / "split"])
     run_script("train_dit.py", [*common, "--max-steps", "4", "--out", tmp_path / "split", "--resume"])
-    a = checkpoint.load_checkpoint(str(tmp_path / "straight" / "last.pt"))
-    b = checkpoint.load_checkpoint(str(tmp_path / "split" / "last.pt"))
+    a = files.load_checkpoint(str(tmp_path / "straight" / "last.pt"))
+    b = files.load_checkpoint(str(tmp_path / "split" / "last.pt"))
     assert a["backbone"] == "UViT" and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
-    model, _, _ = checkpoint.load_dit(str(tmp_path / "straight" / "last.pt"))
-    assert isinstance(model, dcae15.UViT)
+    model, _, _ = files.load_dit(str(tmp_path / "straight" / "last.pt"))
+    assert isinstance(model, uvit.UViT)
     run_script("sample.py", ["--ckpt", tmp_path / "straight" / "last.pt", "--num-samples", "4", "--steps", "2",
                              "--npz", tmp_path / "s.npz", "--out", tmp_path / "s.png"])
     assert (tmp_path / "s.npz").is_file()

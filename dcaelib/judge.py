@@ -8,19 +8,14 @@ shapes set). One judge serves every AE and DiT trained on a dataset: it is train
 cached (`dataset_judge`). evaluate.py's `classes` and curves.py (`curve`) use it.
 """
 
-import hashlib
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 
-import checkpoint
-import common
-import data
-import dcae15
-from fid import FeatureStats, frechet_distance
-from metrics import image_batches
+from dcaelib.fid import FeatureStats, frechet_distance
+from dcaelib.metrics import image_batches
+from dcaelib import cli, data, files, pictures, sampling
 
 # ==================================================================================================
 # The judge: a small CNN, its augmentation and its training
@@ -39,9 +34,9 @@ def class_judge(num_classes, image_size):
     size (judge_input_size): object structure, not the fine detail an autoencoder blurs. Then four
     conv-BN-ReLU-pool blocks; judge[:-1] gives its 128-d features, judge[-1] the class logits.
 
-    NOTE: measured on the shapes set, a judge that looked at the full 64 px (trained on originals,
-    blurred and noised) got 99 % of the originals right but only 78-84 % of the classroom AEs'
-    reconstructions; the same judge at 16 px gets 99 % and 95-97 %.
+    NOTE: a quarter of the resolution because the judge must read an autoencoder's soft
+    reconstructions (and a DiT's samples) as well as the sharp originals: at full resolution it
+    tells the originals apart but misses many reconstructions (RESULTS.md, "The judge").
     """
     nn = torch.nn
 
@@ -56,7 +51,7 @@ def class_judge(num_classes, image_size):
 
 def judge_features(judge, images):
     """The judge's 128-d features of uint8 (B, 3, H, W) images: what its Fréchet distance compares."""
-    return judge[:-1](images.float() / 127.5 - 1)
+    return judge[:-1](pictures.from_uint8(images))
 
 
 def random_blur(x, max_sigma, generator=None):
@@ -90,9 +85,9 @@ def train_judge(x, y, num_classes, steps, device, seed=0):
         judge = class_judge(num_classes, x.shape[-1]).to(device)
         opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # a settled judge at the end
-        for _ in common.progress(range(steps), desc="training the judge"):
+        for _ in cli.progress(range(steps), desc="training the judge"):
             idx = torch.randint(len(x), (64,), generator=gen)
-            xb = random_blur(x[idx].float() / 127.5 - 1, 1.5, gen).to(device)
+            xb = random_blur(pictures.from_uint8(x[idx]), 1.5, gen).to(device)
             xb = xb + 0.1 * torch.randn_like(xb)  # and robust to the noise left in samples
             loss = F.cross_entropy(judge(xb), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -112,7 +107,7 @@ def train_judge(x, y, num_classes, steps, device, seed=0):
 def run_dataset(run_args, split):
     """The dataset a train_ae.py / train_dit.py run trained on (its `args`), `split` of it."""
     return data.build_dataset(run_args["data"], split, run_args["image_size"],
-                              run_args.get("data_path"), data.data_seed(run_args))
+                              run_args.get("data_path"), run_args["data_seed"])
 
 
 def judge_key(run_args, num_classes, num_images, steps):
@@ -123,7 +118,7 @@ def judge_key(run_args, num_classes, num_images, steps):
             "data_path": os.path.abspath(path) if path else None,
             "image_size": run_args["image_size"],
             "judge_input_size": judge_input_size(run_args["image_size"]),
-            "data_seed": data.data_seed(run_args) if run_args["data"] == "shapes" else None,
+            "data_seed": run_args["data_seed"] if run_args["data"] == "shapes" else None,
             "num_classes": num_classes, "num_images": num_images, "steps": steps}
 
 
@@ -135,11 +130,11 @@ def dataset_judge(run_args, num_classes, num_images, steps, cache_dir, batch_siz
     autoencoder or checkpoint on that data, loads it instead of training it again.
     """
     key = judge_key(run_args, num_classes, num_images, steps)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = files.key_digest(key)
     path = os.path.join(cache_dir, f"judge-{key['data']}-{digest}.pt")
     judge = class_judge(num_classes, key["image_size"])
     if os.path.isfile(path):
-        saved = checkpoint.load_checkpoint(path)
+        saved = files.load_checkpoint(path)
         if saved.get("key") != key:
             raise ValueError(f"{path} holds a judge for {saved.get('key')}, not {key}; delete it")
         judge.load_state_dict(saved["model"])
@@ -148,14 +143,14 @@ def dataset_judge(run_args, num_classes, num_images, steps, cache_dir, batch_siz
     judge = train_judge(x, y, num_classes, steps, device)
     os.makedirs(cache_dir, exist_ok=True)
     state = {k: v.cpu() for k, v in judge.state_dict().items()}
-    checkpoint.save_checkpoint({"kind": "dcae15-judge", "key": key, "model": state}, path)
+    files.save_checkpoint({"kind": "dcae15-judge", "key": key, "model": state}, path)
     return judge, path, True
 
 
 @torch.no_grad()
 def originals(dataset, num_images, batch_size, desc=None):
     """(uint8 images, labels) of the first num_images items (uint8, to save memory)."""
-    xs, ys = zip(*((common.to_uint8(x), y) for x, y in
+    xs, ys = zip(*((pictures.to_uint8(x), y) for x, y in
                    image_batches(dataset, num_images, batch_size, desc=desc)))
     return torch.cat(xs), torch.cat(ys)
 
@@ -174,13 +169,13 @@ def validation_images(run_args, num_val, batch_size):
 @torch.no_grad()
 def reconstructions(ae, images, batch_size, device):
     """The AE's reconstructions (all channels) of uint8 images, as uint8."""
-    return torch.cat([common.to_uint8(ae(x.to(device).float() / 127.5 - 1)[0]).cpu()
+    return torch.cat([pictures.to_uint8(ae(pictures.from_uint8(x.to(device)))[0]).cpu()
                       for x in images.split(batch_size)])
 
 
 @torch.no_grad()
 def judge_accuracy(judge, images, labels, batch_size, device):
-    hits = sum((judge(x.to(device).float() / 127.5 - 1).argmax(1).cpu() == y).sum().item()
+    hits = sum((judge(pictures.from_uint8(x.to(device))).argmax(1).cpu() == y).sum().item()
                for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     return hits / len(labels)
 
@@ -210,16 +205,13 @@ def judge_samples(model, ae, ckpt, judge, ref_stats, num_samples, cfg_scales, st
     for scale in cfg_scales:
         hits, stats = 0, FeatureStats(dim=judge[-1].in_features)
         fid_stats = FeatureStats() if inception is not None else None
-        for b, start in enumerate(range(0, num_samples, batch_size)):
-            yb = labels[start : start + batch_size]
-            gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
-            images = dcae15.generate(model, ae, ckpt["latent_scale"], yb.to(device), gen,
-                                     ckpt["objective"], steps, cfg_scale=scale)
-            feats = judge_features(judge, common.to_uint8(images))
-            hits += (judge[-1](feats).argmax(1).cpu() == yb).sum().item()
+        for _, yb, images in sampling.sample_batches(model, ae, ckpt, num_samples, batch_size, seed,
+                                                     device, labels, steps=steps, cfg_scale=scale):
+            feats = judge_features(judge, pictures.to_uint8(images))
+            hits += (judge[-1](feats).argmax(1).cpu() == yb.cpu()).sum().item()
             stats.add(feats)
             if fid_stats is not None:
-                fid_stats.add(inception(common.to_uint8(images)))
+                fid_stats.add(inception(pictures.to_uint8(images)))
         result[scale] = {"share": hits / num_samples,
                          "fd": frechet_distance(*stats.mu_sigma(), *ref_stats)}
         if fid_stats is not None:

@@ -4,48 +4,48 @@ trainer.py: what train_ae.py and train_dit.py share, written once.
 - Start or resume a run: `--resume` continues `<out>/last.pt` with the run's own flags; without it a
   finished run is never overwritten.
 - The processes and the random streams of a run (the same in both trainers, so both resume exactly).
-- The training loop's bookkeeping: the learning rate, log lines averaged over an interval and the
-  ranks, periodic saves, step_NNNNNNN.pt files.
+- The training loop's bookkeeping: the learning rate, EMA, log lines averaged over an interval and the
+  ranks, periodic saves, step_NNNNNNN.pt files, and the random-number state an exact resume restores.
 
 What differs stays in each script: the models, `train_step(state, batch, c_prime, step, args)`, what
-a checkpoint holds (checkpoint.py) and the pictures.
+a checkpoint holds (files.py) and the pictures.
 """
 
 import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-import checkpoint
-import common
-import data
+from dcaelib import cli, data, distributed, files
+
 
 # --------------------------------------------------------------------------------------------------
 # Start or resume
 
 
-def start_or_resume(args, kind, parser, free_args, old_defaults=None):
+def start_or_resume(args, kind, parser, free_args):
     """The checkpoint to continue (its flags adopted into `args`), or None for a new run.
 
-    `free_args` may differ from the run's (e.g. --max-steps); `old_defaults` fills flags that
-    checkpoints written before the flag existed do not have.
+    `free_args` may differ from the run's (e.g. --max-steps).
     """
     ckpt = checkpoint_to_resume(args, kind)
     if ckpt is not None:
-        run_args = {**(old_defaults or {}), **ckpt["args"], "data_seed": data.data_seed(ckpt["args"])}
-        adopt_run_flags(args, run_args, parser, free_args)
+        adopt_run_flags(args, ckpt["args"], parser, free_args)
     return ckpt
 
 
 def checkpoint_to_resume(args, kind):
     """The checkpoint `<out>/last.pt` to continue (with --resume), or None for a new run.
 
-    With --resume it must be a `kind` checkpoint (checkpoint.AE_KIND or checkpoint.DIT_KIND). Without
+    With --resume it must be a `kind` checkpoint (files.AE_KIND or files.DIT_KIND). Without
     --resume, an existing run is never overwritten.
     """
     last_path = os.path.join(args.out, "last.pt")
@@ -56,26 +56,41 @@ def checkpoint_to_resume(args, kind):
         return None
     if not os.path.isfile(last_path):
         raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-    ckpt = checkpoint.load_checkpoint(last_path)
+    ckpt = files.load_checkpoint(last_path)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         raise ValueError(f"--resume: {last_path} is not a {kind} checkpoint")
     return ckpt
 
 
+def given_flags(parser, argv=None):
+    """The flags (their dest names) that the command line sets, whatever their value: a flag given
+    at its default value is given too."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions})
+    parser.parse_known_args(sys.argv[1:] if argv is None else argv, namespace)  # sets only those given
+    return {k for k, v in vars(namespace).items() if v is not unset}
+
+
 def adopt_run_flags(args, run_args, parser, free_args):
     """Continue a run with its own flags: set each flag of `args` to the run's value, in place.
 
-    A flag in `free_args` may change (e.g. --max-steps); a flag left at its default takes the run's
-    value; a flag explicitly set to another value is an error (silently changing a run is worse).
+    A flag in `free_args` may change (e.g. --max-steps); a flag given on the command line with
+    another value than the run's is an error (silently changing a run is worse); the run's own value
+    of every other flag is kept, and one line says which of them differ from the defaults (the
+    run's model, objective, ...), so that a resumed run never surprises.
     """
-    defaults = vars(parser.parse_args([]))
+    given, defaults, kept = given_flags(parser), vars(parser.parse_args([])), []
     for key, value in run_args.items():
         if key in free_args or getattr(args, key) == value:
             continue
-        if getattr(args, key) != defaults[key]:
+        if key in given:
             raise ValueError(f"--resume: --{key.replace('_', '-')} {getattr(args, key)} differs from "
                              f"the run's {value}; drop the flag to continue the run as it was")
+        if value != defaults.get(key):
+            kept.append(f"--{key.replace('_', '-')} {value}")
         setattr(args, key, value)
+    if kept:
+        print(f"--resume: continuing with the run's own {', '.join(kept)}")
 
 
 class RunLog:
@@ -89,7 +104,7 @@ class RunLog:
     """
 
     def __init__(self, out, master, start_step=0, tensorboard=False):
-        self.master, self.tensorboard = master, None
+        self.master, self.tensorboard, self.out = master, None, out
         self.sums, self.count, self.skipped, self.t0, self.items = {}, 0, 0, time.time(), 0
         if not master:
             return
@@ -110,8 +125,14 @@ class RunLog:
         if self.master:
             if echo:
                 tqdm.write(text, file=sys.stdout)
-            self.file.write(text + "\n")
-            self.file.flush()
+            self.append(self.file.name, lambda: (self.file.write(text + "\n"), self.file.flush()))
+
+    def append(self, path, write):
+        """write() to the log file `path`; a full disk ends the run with one line, as a checkpoint's."""
+        try:
+            write()
+        except OSError as err:
+            raise cli.StopRun(f"{files.write_failure(path, err)}; {last_intact(self.out)}") from None
 
     def record(self, step, values):
         """One line of metrics.jsonl (and TensorBoard scalars for the numbers among `values`)."""
@@ -121,8 +142,11 @@ class RunLog:
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in values.items()}
         line = {"step": step, "time": round(time.time(), 3), **values}
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        def write():
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+        self.append(self.metrics_path, write)
         if self.tensorboard is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
@@ -140,7 +164,7 @@ class RunLog:
 
     def averages(self):
         """(means of the terms, items per second, steps skipped) since the last call."""
-        means = {k: common.all_reduce_mean(v.item() / self.count) for k, v in self.sums.items()}
+        means = {k: distributed.all_reduce_mean(v.item() / self.count) for k, v in self.sums.items()}
         rate = self.items / max(time.time() - self.t0, 1e-9)
         skipped = self.skipped
         self.sums, self.count, self.skipped, self.t0, self.items = {}, 0, 0, time.time(), 0
@@ -171,7 +195,7 @@ def keep_metrics_until(path, step):
     if step > 0 and os.path.isfile(path):
         with open(path) as fh:
             lines = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
-    with checkpoint.atomic_write(path) as tmp, open(tmp, "w") as fh:
+    with files.atomic_write(path) as tmp, open(tmp, "w") as fh:
         fh.writelines(lines)
 
 
@@ -194,25 +218,25 @@ def run_parser(description, out, batch_size, max_steps, warmup_steps, log_every,
     p.add_argument("--out", default=out, help=f"run folder: last.pt, log.txt, {picture}")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where last.pt left it")
-    p.add_argument("--batch-size", type=int, default=batch_size,
+    p.add_argument("--batch-size", type=cli.positive_int, default=batch_size,
                    help="global batch size (split over processes)")
-    p.add_argument("--max-steps", type=int, default=max_steps, help="training steps")
-    p.add_argument("--warmup-steps", type=int, default=warmup_steps,
+    p.add_argument("--max-steps", type=cli.positive_int, default=max_steps, help="training steps")
+    p.add_argument("--warmup-steps", type=cli.count, default=warmup_steps,
                    help="linear learning-rate warmup")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (official: 0)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
-    p.add_argument("--ema-decay", type=float, default=0.995,
+    p.add_argument("--weight-decay", type=cli.nonnegative, default=0.0, help="AdamW weight decay (official: 0)")
+    p.add_argument("--grad-clip", type=cli.nonnegative, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    p.add_argument("--ema-decay", type=cli.fraction, default=0.995,
                    help="EMA decay; short classroom runs need a short average (official runs: 0.9999)")
-    p.add_argument("--ema-warmup", type=int, default=200,
+    p.add_argument("--ema-warmup", type=cli.count, default=200,
                    help="EMA warmup: decay * (1 - exp(-step / warmup))")
-    p.add_argument("--log-every", type=int, default=log_every, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=sample_every,
+    p.add_argument("--log-every", type=cli.positive_int, default=log_every, help="steps between log lines")
+    p.add_argument("--sample-every", type=cli.positive_int, default=sample_every,
                    help=f"steps between last.pt + {picture} updates")
-    p.add_argument("--save-every", type=int, default=0,
+    p.add_argument("--save-every", type=cli.every("never"), default=0,
                    help="also keep step_NNNNNNN.pt every N steps (0: never)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the shapes images themselves (the same set for every --seed)")
-    p.add_argument("--max-skipped-steps", type=int, default=10,
+    p.add_argument("--max-skipped-steps", type=cli.positive_int, default=10,
                    help="stop the run after this many steps in a row whose loss or gradient norm is "
                         "not finite (each is skipped: no weight changes)")
     p.add_argument("--grad-checkpointing", action="store_true",
@@ -232,13 +256,75 @@ def run_parser(description, out, batch_size, max_steps, warmup_steps, log_every,
 
 
 # --------------------------------------------------------------------------------------------------
+# EMA, learning rate, random-number state (what an exact resume restores)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, for every floating-point parameter and buffer but
+    the frozen parameters (requires_grad False: a training phase that trains a part only), whose
+    EMA stays exactly as it was."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    ema_sd = ema_model.state_dict()
+    for name, value in model.state_dict().items():
+        if value.dtype.is_floating_point and name not in frozen:
+            ema_sd[name].lerp_(value, 1 - decay)
+
+def ema_decay_at(step, decay, warmup):
+    """Official DC-Gen EMA warmup: decay * (1 - exp(-step / warmup)), so early averages forget."""
+    return decay * (1 - math.exp(-step / warmup)) if warmup > 0 else decay
+
+def warmup_lr(optimizer, base_lr, step, warmup_steps):
+    """Linear warmup to base_lr, then constant (the official ConstantLRwithWarmup shape)."""
+    lr = base_lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+def get_rng_state(extra_generators=None):
+    """Every RNG a training step draws from, as tensors and plain values (weights_only-safe)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    for name, gen in (extra_generators or {}).items():
+        state[name] = gen.get_state()
+    return state
+
+def set_rng_state(state, extra_generators=None):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, gen in (extra_generators or {}).items():
+        gen.set_state(state[name])
+
+def gather_rng_states(generators):
+    """Every rank's RNG state (see get_rng_state), gathered to all ranks: a list indexed by rank."""
+    state = get_rng_state(generators)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+def restore_rng_states(states, rank, generators):
+    """Continue this rank's RNG streams (a run resumed on more ranks reuses the last saved one)."""
+    set_rng_state(states[min(rank, len(states) - 1)], generators)
+
+
+# --------------------------------------------------------------------------------------------------
 # Processes, random streams, restoring the training state
 
 
 def setup_processes(args):
     """(rank, world, device) after the checks both trainers make of their step flags."""
-    common.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
-    rank, world, device = common.setup_distributed(args.device)
+    cli.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
+    rank, world, device = distributed.setup_distributed(args.device)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
                          f"processes")
@@ -260,7 +346,7 @@ def restore(state, ckpt, names, rank, channel_gen):
         return 0
     for name in names:
         getattr(state, name).load_state_dict(ckpt[name])
-    common.restore_rng_states(ckpt["rng"], rank, {"channel": channel_gen})
+    restore_rng_states(ckpt["rng"], rank, {"channel": channel_gen})
     return ckpt["step"]
 
 
@@ -272,7 +358,7 @@ def local(t):
 def all_finite(*tensors):
     """True if every value of every tensor is finite, on every rank (one device sync)."""
     ok = torch.stack([torch.isfinite(local(t).detach()).all() for t in tensors]).all().double()
-    return common.all_reduce_mean(ok.item()) == 1.0
+    return distributed.all_reduce_mean(ok.item()) == 1.0
 
 
 def optimizer_step(opt, loss, params, max_norm=float("inf")):
@@ -296,15 +382,15 @@ def optimizer_step(opt, loss, params, max_norm=float("inf")):
 
 
 # NOTE: the CUDA habits that peers turn on (fused AdamW, TF32 matmuls for the fp32 parts,
-# channels_last for the AE's convolutions) are off: each is to be on only where a GPU measurement shows
-# that it helps, and none has been measured on a GPU yet.
+# channels_last for the AE's convolutions) stay off until a GPU measurement shows that each helps:
+# TF32 also changes results, which the exact-resume and equivalence tests pin down.
 def model_step(state, loss, params, step, args):
     """`optimizer_step` for the trained model, clipped to --grad-clip, then its EMA update (with the
     official warmup) if the step was applied. Returns (gradient norm, applied)."""
-    grad_norm, applied = optimizer_step(state.opt, loss, params, args.grad_clip)
+    grad_norm, applied = optimizer_step(state.opt, loss, params, args.grad_clip or float("inf"))
     if applied:
-        decay = common.ema_decay_at(step + 1, args.ema_decay, args.ema_warmup)
-        common.update_ema(state.ema, state.model, decay)
+        decay = ema_decay_at(step + 1, args.ema_decay, args.ema_warmup)
+        update_ema(state.ema, state.model, decay)
     return grad_norm, applied
 
 
@@ -365,15 +451,16 @@ def load_optimizer_state(model, opt, osd, fsdp):
 def finish(log):
     """The end of a run that went through on every rank."""
     log.close()
-    common.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
-def last_intact(args):
-    """Words naming the run's intact last.pt (the atomic writes never leave a broken one)."""
-    path = os.path.join(args.out, "last.pt")
+def last_intact(out):
+    """Words naming the intact last.pt of the run folder `out` (the atomic writes never leave a
+    broken one)."""
+    path = os.path.join(out, "last.pt")
     if not os.path.isfile(path):
         return "no checkpoint was written yet"
-    return f"the last intact checkpoint is {path} (step {checkpoint.load_checkpoint(path)['step']})"
+    return f"the last intact checkpoint is {path} (step {files.load_checkpoint(path)['step']})"
 
 
 def step_file_due(args, step, final=False):
@@ -387,17 +474,16 @@ def write_checkpoint(ckpt, args, step, final):
     line; either way the previous last.pt stays intact."""
     weights = [v for part in ("model", "ema") for v in ckpt[part].values() if v.is_floating_point()]
     if not all(torch.isfinite(v).all() for v in weights):
-        raise common.StopRun(f"step {step}: the weights are not finite, so no checkpoint was "
-                             f"written; {last_intact(args)}")
+        raise cli.StopRun(f"step {step}: the weights are not finite, so no checkpoint was "
+                             f"written; {last_intact(args.out)}")
     paths = [os.path.join(args.out, "last.pt")]
     if step_file_due(args, step, final):
         paths.append(os.path.join(args.out, f"step_{step:07d}.pt"))
     for path in paths:
         try:
-            checkpoint.save_checkpoint(ckpt, path)
-        except OSError as err:
-            raise common.StopRun(f"step {step}: could not write {path}: {err.strerror or err}; "
-                                 f"{last_intact(args)}") from None
+            files.save_checkpoint(ckpt, path)
+        except files.WriteError as err:
+            raise cli.StopRun(f"step {step}: {err}; {last_intact(args.out)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,13 +496,13 @@ def train_loop(state, args, step, world, log, batches, draw_c_prime, train_step,
     applied). Every --log-every steps one log line (and its record in metrics.jsonl); every
     --sample-every steps (and every --save-every) `save(step, picture)`; the final save is the
     caller's. Steps that were not applied (a non-finite loss or gradient) are counted in the log
-    line; --max-skipped-steps of them in a row stop the run (common.StopRun). Returns the last step."""
-    pbar = common.progress(total=args.max_steps, initial=step, disable=not log.master)
+    line; --max-skipped-steps of them in a row stop the run (cli.StopRun). Returns the last step."""
+    pbar = cli.progress(total=args.max_steps, initial=step, disable=not log.master)
     skipped_in_a_row = 0
     while step < args.max_steps:
         batch = next(batches)
         c_prime = draw_c_prime()
-        lr = common.warmup_lr(state.opt, args.lr, step, args.warmup_steps)
+        lr = warmup_lr(state.opt, args.lr, step, args.warmup_steps)
         terms, grad_norm, applied = train_step(state, batch, c_prime, step, args)
         step += 1
         pbar.update(1)
@@ -425,10 +511,10 @@ def train_loop(state, args, step, world, log, batches, draw_c_prime, train_step,
         if skipped_in_a_row >= args.max_skipped_steps:
             message = (f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or "
                        f"gradient norm (the run diverged) and were not applied; "
-                       f"{last_intact(args)}. Lower --lr or --grad-clip and continue with "
+                       f"{last_intact(args.out)}. Lower --lr or --grad-clip and continue with "
                        f"--resume, or start again")
             log.write(message, echo=False)  # the terminal gets it once, as the script's error
-            raise common.StopRun(message)
+            raise cli.StopRun(message)
         if step % args.log_every == 0 or step == args.max_steps:
             log.step_line(step, c_prime, grad_norm, lr, unit)
         keep = step_file_due(args, step)

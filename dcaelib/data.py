@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dcaelib import pictures
+
 DATASETS = ("shapes", "imagefolder", "cifar10")
 
 # =====================================================================================================
@@ -130,9 +132,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         # pixel grid, darker on light objects and lighter on dark ones. A decoder can draw them
         # quickly. The structured classroom AE puts their direction in its first 8 channels already;
         # the later channels make them crisp.
-        # NOTE: earlier versions used finer (~4 px) stripes at random angles; an L1-trained
-        # classroom AE did not learn those in 5 CPU minutes, so the picture could not show the later
-        # channels adding them.
+        # NOTE: bold and axis-aligned on purpose: a short classroom run learns them, so the picture
+        # can show the later channels sharpening them (finer, tilted stripes stay a blur).
         pix = torch.arange(n) // 2  # output-pixel index of each 2x-resolution row / column
         stripes = ((pix[:, None] if r().item() < 0.5 else pix[None, :]) // 4 % 2).float() * 2 - 1
         obj_rgb = obj_color[:, None, None]
@@ -166,7 +167,7 @@ def adm_center_crop(pil_image, image_size):
 def pil_to_tensor(pil_image):
     """PIL image -> (3, H, W) float in [-1, 1], the image range of every model here."""
     arr = np.array(pil_image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1
+    return pictures.from_uint8(torch.from_numpy(arr).permute(2, 0, 1))
 
 
 class TransformedDataset(torch.utils.data.Dataset):
@@ -193,12 +194,6 @@ def add_dataset_flags(parser, data_help="training images"):
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip unreadable files of an image folder (a warning names each) "
                              "instead of stopping at the first")
-
-
-def data_seed(run_args):
-    """The shapes set's seed in a run's args dict (its --data-seed). Runs made before --data-seed
-    existed drew their shapes with --seed, so that is their data seed."""
-    return run_args.get("data_seed", run_args.get("seed", 0))
 
 
 def build_dataset(name, split, image_size, data_path=None, seed=0, size=None, skip_bad=False):

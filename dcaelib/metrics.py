@@ -2,7 +2,7 @@
 metrics.py: the reconstruction metrics of the paper's partial-channel comparison (DC-AE 1.5 Figure 3,
 Table 1), measured for each c' (the reconstruction from the first c' latent channels).
 
-- PSNR (common.psnr), SSIM (as torchmetrics, which the official evaluation uses), LPIPS-AlexNet, rFID
+- PSNR (psnr), SSIM (as torchmetrics, which the official evaluation uses), LPIPS-AlexNet, rFID
   (fid.py's Inception) and a sharpness ratio (the Laplacian energy of reconstructions over originals).
 - `recon_metrics`: all of them for one autoencoder over a dataset, mergeable across ranks.
 - `image_batches`: a dataset's first N images in batches, one rank's share.
@@ -17,13 +17,29 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-import common
 import dcae15
-from fid import FeatureStats, build_inception, find_inception_weights, frechet_distance
+from dcaelib.fid import FeatureStats, build_inception, find_inception_weights, frechet_distance
+from dcaelib import cli, distributed, pictures
 
 # ==================================================================================================
 # SSIM, sharpness, LPIPS, the optional Inception
 # ==================================================================================================
+
+
+def mean_psnr(ae, batches, channel_list):
+    """{c': mean PSNR (dB) of the reconstructions from the first c' channels} over batches of
+    images in [-1, 1]."""
+    sums, n = dict.fromkeys(channel_list, 0.0), 0
+    for x in batches:
+        for c, rec in pictures.partial_reconstructions(ae, x, channel_list):
+            sums[c] += psnr(rec, x).sum().item()
+        n += x.shape[0]
+    return {c: total / n for c, total in sums.items()}
+
+def psnr(x, y):
+    """Per-image PSNR in dB on uint8-quantised images (official DC-AE evaluation), (B,) tensor."""
+    mse = (pictures.to_uint8(x).double() - pictures.to_uint8(y).double()).pow(2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
 
 
 def ssim(x, y, data_range=255.0):
@@ -57,37 +73,43 @@ def laplacian_energy(x):
     return F.conv2d(x.double(), k, groups=x.shape[1]).pow(2).mean(dim=(1, 2, 3))
 
 
-def build_lpips_alex(mode):
-    """LPIPS-AlexNet (the official evaluation's metric); None with a message if weights are missing."""
-    if mode == "off":
-        return None
-    import lpips
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dcae15.freeze(lpips.LPIPS(net="alex", verbose=False))
-    except OSError as err:
-        msg = (f"LPIPS needs torchvision's AlexNet weights alexnet-owt-7be5be79.pth in "
-               f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}/ ({err})")
-        if mode == "on":
-            raise FileNotFoundError(msg) from err
-        print(f"note: LPIPS skipped: {msg}")
-        return None
-
-
-def maybe_inception(mode, weights, device, what):
-    """The FID Inception for an optional metric `what` (rFID in `recon`, FID in `curve`): mode "on"
-    requires its weights, "auto" skips the metric with a note when they are missing, "off" skips it."""
+def optional_network(mode, build, what):
+    """A network that an optional metric `what` needs, by a flag's mode: "off" None; "on" build()
+    or its FileNotFoundError (the weights are missing); "auto" build(), or None with a note that the
+    metric is skipped and why."""
     if mode == "off":
         return None
     try:
-        return build_inception(find_inception_weights(weights), device)
+        return build()
     except FileNotFoundError as err:
         if mode == "on":
             raise
         print(f"note: {what} skipped: {err}")
         return None
+
+
+def build_lpips_alex(mode):
+    """LPIPS-AlexNet (the official evaluation's metric), as `optional_network` gives it."""
+    def build():
+        import lpips
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return dcae15.freeze(lpips.LPIPS(net="alex", verbose=False))
+        except OSError as err:
+            raise FileNotFoundError(f"LPIPS needs torchvision's AlexNet weights "
+                                    f"alexnet-owt-7be5be79.pth in "
+                                    f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}/ ({err})")
+
+    return optional_network(mode, build, "LPIPS")
+
+
+def maybe_inception(mode, weights, device, what):
+    """The FID Inception for an optional metric `what` (rFID in `recon`, FID in `curve`), as
+    `optional_network` gives it."""
+    return optional_network(mode, lambda: build_inception(find_inception_weights(weights), device),
+                            what)
 
 
 # ==================================================================================================
@@ -104,7 +126,7 @@ def image_batches(dataset, num_images, batch_size, rank=0, world=1, desc=None):
     """Batches of (images in [-1, 1], labels) of the first num_images items, this rank's share."""
     n = num_first(num_images, dataset)
     starts = list(range(0, n, batch_size))[rank::world]
-    for start in common.progress(starts, desc=desc, disable=desc is None or rank != 0):
+    for start in cli.progress(starts, desc=desc, disable=desc is None or rank != 0):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         yield torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
 
@@ -113,7 +135,7 @@ def dataset_stats(dataset, num_images, batch_size, inception, device, rank, worl
     """The Inception statistics of the first num_images images, merged over the ranks."""
     stats = FeatureStats()
     for x, _ in image_batches(dataset, num_images, batch_size, rank, world, desc=desc):
-        stats.add(inception(common.to_uint8(x.to(device))))
+        stats.add(inception(pictures.to_uint8(x.to(device))))
     return stats.all_reduce()
 
 
@@ -133,24 +155,24 @@ def recon_metrics(ae, dataset, channel_list, num_images, batch_size, device, inc
     batches = image_batches(dataset, num_images, batch_size, rank, world, desc=f"evaluating {label}")
     for x, _ in batches:
         x = x.to(device)
-        x8 = common.to_uint8(x)
+        x8 = pictures.to_uint8(x)
         detail += laplacian_energy(x8).sum().item()
-        for c, rec in common.partial_reconstructions(ae, x, channel_list):
-            r8 = common.to_uint8(rec)
-            sums[c]["psnr"] += common.psnr(rec, x).sum().item()
+        for c, rec in pictures.partial_reconstructions(ae, x, channel_list):
+            r8 = pictures.to_uint8(rec)
+            sums[c]["psnr"] += psnr(rec, x).sum().item()
             sums[c]["ssim"] += ssim(r8, x8).sum().item()
             sums[c]["sharpness"] += laplacian_energy(r8).sum().item()
             if lpips_net is not None:  # on the uint8-quantised images, in [-1, 1]
-                d = lpips_net(r8.float() / 127.5 - 1, x8.float() / 127.5 - 1)
+                d = lpips_net(pictures.from_uint8(r8), pictures.from_uint8(x8))
                 sums[c]["lpips"] += d.sum().item()
             if stats is not None:
                 stats[c].add(inception(r8))
         n += x.shape[0]
-    n = int(common.all_reduce_mean(float(n)) * world)
+    n = int(distributed.all_reduce_mean(float(n)) * world)
     results = {}
     for c in channel_list:
-        row = {k: common.all_reduce_mean(v) * world / n for k, v in sums[c].items()}
-        row["sharpness"] /= common.all_reduce_mean(detail) * world / n
+        row = {k: distributed.all_reduce_mean(v) * world / n for k, v in sums[c].items()}
+        row["sharpness"] /= distributed.all_reduce_mean(detail) * world / n
         if lpips_net is None:
             row.pop("lpips")
         if stats is not None:

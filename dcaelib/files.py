@@ -1,5 +1,5 @@
 """
-checkpoint.py: every file this project writes and reads, in one room.
+files.py: every file this project writes and reads, in one room.
 
 - Checkpoints: plain dicts of tensors and plain values, loaded with weights_only=True, told apart by
   their "kind": `ae_checkpoint` (train_ae.py) and `dit_checkpoint` (train_dit.py) say what they hold;
@@ -11,10 +11,12 @@ checkpoint.py: every file this project writes and reads, in one room.
 - Arrays: .npy files written row by row by several processes (the latent cache, the samples), and
   .npz files read batch by batch (FID of 50,000 samples without holding them).
 
-The models themselves are dcae15.py's; official state dicts load through dcae15.load_official_dcae.
+The networks are dcae15.py's and dcaelib/models.py's; weights load into them with
+`DCAE.from_state_dict` (and `from_pretrained`), whatever file they came from.
 """
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 import dcae15
+from dcaelib import cli, dcae10, models
 
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
@@ -38,15 +41,46 @@ AE_KIND = "dcae15-ae"  # train_ae.py
 DIT_KIND = "dcae15-dit"  # train_dit.py
 
 
+class WriteError(cli.StopRun):
+    """A file that could not be written (a full disk, a quota): the script ends with one line that
+    names the file and the cause, not a traceback."""
+
+
+# What a failed write says: Python and numpy raise OSError; torch's zip writer raises RuntimeError
+# ("basic_ios::clear: iostream error", "unexpected pos ... vs ..."); safetensors its own error type.
+_WRITE_FAILED = re.compile(r"iostream error|unexpected pos|PytorchStreamWriter|file write failed|"
+                           r"No space left|Disk quota|StorageFull", re.I)
+
+
+def write_failure(path, err):
+    """The WriteError for an exception that a write of `path` raised, or None if it is not one."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on the device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    elif isinstance(err, OSError) or _WRITE_FAILED.search(str(err)):
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        first = (getattr(err, "strerror", None) or str(err) or type(err).__name__).splitlines()[0]
+        cause = (f"no space left on the device ({free} bytes free; {first})" if free < 16 << 20
+                 else first)
+    else:
+        return None
+    return WriteError(f"could not write {path}: {cause}")
+
+
 @contextlib.contextmanager
 def atomic_write(path, suffix=""):
     """Yields a temp file name in the folder of `path` (ending in `suffix`, for writers that go by
     the extension); when the block ends without an error, the temp file is renamed over `path`.
-    A crash mid-write leaves the previous file intact and no temp file behind."""
+    A crash or a failed write leaves the previous file intact and no temp file behind; a failed
+    write (a full disk, a quota) raises WriteError."""
     tmp = f"{path}.tmp{os.getpid()}{suffix}"  # same folder: os.replace is an atomic rename
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        failure = write_failure(path, err)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -63,11 +97,9 @@ def save_checkpoint(obj, path):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint safely (weights_only=True: no pickled code runs) onto the CPU.
-
-    A missing, truncated or corrupt file, or one that needs unpickling, raises an error of one line
-    that names the file.
-    """
+    """torch.load onto the CPU with weights_only=True (tensors and plain values: no pickled code
+    runs). A missing, truncated or corrupt file, or one that needs unpickling, raises an error of
+    one line that names the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -119,7 +151,7 @@ def ae_checkpoint(cfg, model, ema, opt, step, args, rng, latent_scale, channel_c
         "latent_scale": latent_scale,  # 1 / RMS of the EMA latents on validation images
         "channel_choices": channel_choices,
         "val_psnr": {str(c): v for c, v in val_psnr.items()},
-        "rng": rng,  # every rank's RNG states (common.gather_rng_states)
+        "rng": rng,  # every rank's RNG states (trainer.gather_rng_states)
         "provenance": provenance(),
     }
 
@@ -131,7 +163,7 @@ def dit_checkpoint(cfg, weights, step, args, rng, ae_info, latent_scale, num_cla
     `objective` ("ddpm" or "flow") says what the model predicts, hence how to sample it."""
     return {
         "kind": DIT_KIND,
-        "backbone": dcae15.BACKBONES[type(cfg)].__name__,  # "DiT" or "UViT": what `config` builds
+        "backbone": models.backbone_name(cfg),  # "DiT" or "UViT": what `config` builds
         "objective": objective,
         "config": cfg.to_dict(),
         "model": weights["model"],
@@ -149,29 +181,6 @@ def dit_checkpoint(cfg, weights, step, args, rng, ae_info, latent_scale, num_cla
     }
 
 
-def read_state_dict(path):
-    """The tensors of a weights file: .safetensors, or .pt/.pth holding {"state_dict": ...}, a state
-    dict, or one of our checkpoints (returned whole)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"autoencoder weights not found: {path}")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs the optional package safetensors: "
-                              f"pip install safetensors") from err
-        try:
-            return load_file(path, device="cpu")
-        except Exception as err:  # safetensors' own error type for a bad header or a short file
-            raise ValueError(f"{path} cannot be read (truncated or corrupt?): {err}") from None
-    sd = load_checkpoint(path)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return sd
-
-
 def weights_sha256(state_dict):
     """The sha256 of a state dict's names and values (not of a file, which also holds the run's
     flags and paths): two trainings gave the same weights exactly when their hashes are equal."""
@@ -180,6 +189,12 @@ def weights_sha256(state_dict):
         h.update(k.encode())
         h.update(state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def key_digest(key, length=16):
+    """A short hash of a plain dict (sorted JSON): the name of a cache file for everything that
+    decides its content (a latent cache, a judge, an evaluated point)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def fingerprint(state_dict):
@@ -198,7 +213,7 @@ def read_autoencoder(path, ae_config=None):
     local = fetch(path)
     if os.path.isdir(local):
         return read_folder(local, path, ae_config)
-    raw = read_state_dict(local)
+    raw = dcae15.read_weights(local)
     kind = raw.get("kind")
     if kind == AE_KIND:
         cfg = dcae15.DCAEConfig.from_dict(raw["config"])
@@ -208,8 +223,8 @@ def read_autoencoder(path, ae_config=None):
                          f"checkpoint or an official DC-AE file")
     if ae_config is None:
         raise ValueError(f"{path} is not a train_ae.py checkpoint; for an official DC-AE file also "
-                         f"pass its preset with --ae-config (one of {sorted(dcae15.DCAE_CONFIGS)})")
-    cfg = dcae15.build_dcae_config(ae_config)
+                         f"pass its preset with --ae-config (one of {sorted(models.AUTOENCODER_CONFIGS)})")
+    cfg = models.autoencoder_config(ae_config)
     return cfg, dcae15.autoencoder_state_dict(raw), cfg.scaling_factor, "official"
 
 
@@ -223,7 +238,7 @@ def read_folder(folder, path, ae_config=None):
     if "_class_name" in config:  # written by diffusers (or export.py)
         cfg, sd, scale = read_diffusers(folder)
         if ae_config is not None:
-            preset = dcae15.build_dcae_config(ae_config)
+            preset = models.autoencoder_config(ae_config)
             preset.scaling_factor = cfg.scaling_factor
             if preset != cfg:
                 raise ValueError(f"{path} holds another autoencoder than the preset {ae_config}; "
@@ -250,9 +265,7 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
     if scale is None:
         raise ValueError(f"no latent scaling factor is known for {path}: pass --latent-scale S "
                          f"(1 / RMS of its latents; dcae15.measure_latent_scale computes it)")
-    ae = dcae15.DCAE(cfg)
-    dcae15.check_state_dict(ae, sd)
-    ae.load_state_dict(sd, strict=True)
+    ae = models.autoencoder_class(cfg).from_state_dict(cfg, sd)
     info = {"path": path, "source": source, "ae_config": ae_config, "config": cfg.to_dict(),
             "fingerprint": fingerprint(sd), "sha256": weights_sha256(sd),
             "latent_scale": float(scale)}
@@ -260,13 +273,9 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
 
 
 def dit_config(ckpt):
-    """The config of the network a train_dit.py checkpoint holds, of the type that builds it: its
-    "backbone" names the network ("DiT" or "UViT"; checkpoints written before the U-ViT: a DiT)."""
-    kinds = {model.__name__: config for config, model in dcae15.BACKBONES.items()}
-    backbone = ckpt.get("backbone", "DiT")
-    if backbone not in kinds:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(kinds)}")
-    return kinds[backbone].from_dict(ckpt["config"])
+    """The config of the network a train_dit.py checkpoint holds, of the type that builds it (its
+    "backbone": "DiT" or "UViT")."""
+    return models.backbone_config(ckpt["backbone"], ckpt["config"])
 
 
 def load_dit(path, ae_path=None):
@@ -283,11 +292,8 @@ def load_dit(path, ae_path=None):
         if kind == AE_KIND:
             what = "an autoencoder checkpoint (train_ae.py)"
         raise ValueError(f"{path} is {what}; pass a DiT checkpoint written by train_dit.py")
-    ckpt.setdefault("objective", "ddpm")  # checkpoints written before flow matching existed
-    model = dcae15.build_backbone(dit_config(ckpt))
-    # a state dict of a torch.compile'd (or DDP) model has its keys under "_orig_mod." ("module.")
-    ema = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["ema"].items()}
-    model.load_state_dict(ema, strict=True)
+    model = models.build_backbone(dit_config(ckpt))
+    model.load_state_dict(dcae15.unwrapped(ckpt["ema"]), strict=True)  # a compiled model's keys too
     info = ckpt["ae"]
     ae_path = ae_path or info["path"]
     try:
@@ -398,12 +404,12 @@ def diffusers_config(cfg, scaling_factor):
     diffusers cannot express."""
     enc, dec = cfg.encoder, cfg.decoder
     n_enc, n_dec = len(enc.width_list), len(dec.width_list)
-    enc_blocks = [dcae15.per_stage(enc.block_type, i) for i in range(n_enc)]
-    dec_blocks = [dcae15.per_stage(dec.block_type, i) for i in range(n_dec)]
-    dec_norms = [dcae15.per_stage(dec.norm, i) for i in range(n_dec)]
-    dec_acts = [dcae15.per_stage(dec.act, i) for i in range(n_dec)]
+    enc_blocks = [dcae10.per_stage(enc.block_type, i) for i in range(n_enc)]
+    dec_blocks = [dcae10.per_stage(dec.block_type, i) for i in range(n_dec)]
+    dec_norms = [dcae10.per_stage(dec.norm, i) for i in range(n_dec)]
+    dec_acts = [dcae10.per_stage(dec.act, i) for i in range(n_dec)]
     problems = []
-    if any(dcae15.per_stage(enc.norm, i) != "trms2d" for i in range(n_enc)) or enc.act != "silu":
+    if any(dcae10.per_stage(enc.norm, i) != "trms2d" for i in range(n_enc)) or enc.act != "silu":
         problems.append("its encoder has another norm or activation than trms2d / silu")
     if dec.out_norm != "trms2d":
         problems.append(f"its decoder's last norm is {dec.out_norm}, not trms2d")
@@ -417,7 +423,7 @@ def diffusers_config(cfg, scaling_factor):
     return {
         "_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
         "in_channels": cfg.in_channels, "latent_channels": cfg.latent_channels,
-        "attention_head_dim": 32,  # dcae15.LiteMLA's head width
+        "attention_head_dim": 32,  # dcae10.LiteMLA's head width
         "encoder_block_types": [_BLOCKS[b] for b in enc_blocks],
         "decoder_block_types": [_BLOCKS[b] for b in dec_blocks],
         "encoder_block_out_channels": list(enc.width_list),
@@ -503,7 +509,7 @@ def to_diffusers(state_dict):
 def from_diffusers(cfg, weights, where):
     """A diffusers AutoencoderDC state dict in our names and shapes, for the model `cfg` builds."""
     with torch.device("meta"):  # shapes only
-        own = dcae15.DCAE(cfg).state_dict()
+        own = models.build_autoencoder(cfg).state_dict()
     out, missing, shapes, used = {}, [], [], set()
     for name, like in own.items():
         new = diffusers_name(name)
@@ -562,12 +568,39 @@ def read_diffusers(folder):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{folder} has a diffusers config.json but no {name}")
-        weights.update(read_state_dict(path))
+        weights.update(dcae15.read_weights(path))
     return cfg, from_diffusers(cfg, weights, folder), config.get("scaling_factor")
 
 
 # --------------------------------------------------------------------------------------------------
 # JSON and arrays
+
+def release_free_memory():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim); True if it could.
+
+    NOTE: building a latent cache holds one batch at a time, yet without this the process grows with
+    the data set on the CPU: glibc keeps freed blocks in its heaps, and once a second thread is alive
+    (the progress bar's monitor, a data loader's) the batches' buffers come from several heaps and
+    leave holes it does not return by itself. Elsewhere (macOS, Windows, musl) it does nothing.
+    """
+    libc = _libc_with_malloc_trim()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+@functools.lru_cache(maxsize=None)
+def _libc_with_malloc_trim():
+    """The C library if it has malloc_trim (glibc), else None; loaded once."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
 
 def save_npz(path, **arrays):
     """np.savez, atomically (`atomic_write`)."""
@@ -599,14 +632,18 @@ def npy_layout(fh):
 
 
 def write_npy_rows(path, start, rows):
-    """Write `rows` (a numpy array) into the .npy file at `path` from row `start` on, in place."""
-    with open(path, "r+b") as fh:
-        shape, dtype, offset = npy_layout(fh)
-        if rows.shape[1:] != tuple(shape[1:]) or rows.dtype != dtype or start + len(rows) > shape[0]:
-            raise ValueError(f"rows {rows.dtype} {rows.shape} at {start} do not fit {path} "
-                             f"({dtype} {shape})")
-        fh.seek(offset + start * rows[0].nbytes)
-        fh.write(np.ascontiguousarray(rows).tobytes())
+    """Write `rows` (a numpy array) into the .npy file at `path` from row `start` on, in place (a
+    full disk: WriteError; the caller deletes the unfinished file)."""
+    try:
+        with open(path, "r+b") as fh:
+            shape, dtype, offset = npy_layout(fh)
+            if rows.shape[1:] != tuple(shape[1:]) or rows.dtype != dtype or start + len(rows) > shape[0]:
+                raise ValueError(f"rows {rows.dtype} {rows.shape} at {start} do not fit {path} "
+                                 f"({dtype} {shape})")
+            fh.seek(offset + start * rows[0].nbytes)
+            fh.write(np.ascontiguousarray(rows).tobytes())
+    except OSError as err:
+        raise write_failure(path, err) from None
 
 
 def read_npy_rows(fh, shape, dtype, start, count):

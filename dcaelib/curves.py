@@ -10,7 +10,6 @@ value. evaluate.py's `curve` prints the table and writes the CSV and the plot.
 """
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -19,14 +18,11 @@ import time
 import numpy as np
 import torch
 
-import checkpoint
-import common
-import data
-from fid import FeatureStats
-from judge import (dataset_judge, judge_accuracy, judge_fd, judge_samples, judge_stats, originals,
-                   reconstructions, run_dataset, validation_images)
-from metrics import maybe_inception
-import trainer
+from dcaelib.fid import FeatureStats
+from dcaelib.judge import (dataset_judge, judge_accuracy, judge_fd, judge_samples, judge_stats,
+                           originals, reconstructions, run_dataset, validation_images)
+from dcaelib.metrics import maybe_inception
+from dcaelib import files, metrics, pictures, trainer
 
 # ==================================================================================================
 # Run folders and their points
@@ -79,9 +75,9 @@ def run_points(folder, max_step=None):
         if match:
             points[int(match.group(1))] = os.path.join(folder, name)
     last = os.path.join(folder, "last.pt")
-    newest = checkpoint.load_checkpoint(last if os.path.isfile(last) else points[max(points)]) \
+    newest = files.load_checkpoint(last if os.path.isfile(last) else points[max(points)]) \
         if points or os.path.isfile(last) else None
-    if newest is None or newest.get("kind") != checkpoint.DIT_KIND:
+    if newest is None or newest.get("kind") != files.DIT_KIND:
         raise ValueError(f"{folder} has no evaluable points (no DiT step_*.pt or last.pt); train "
                          f"with train_dit.py --save-every N --out {folder}")
     if os.path.isfile(last):
@@ -98,7 +94,7 @@ def check_runs(meta):
     newest checkpoint)]}."""
     def dataset(ckpt):
         a = ckpt["args"]
-        return (a["data"], a.get("data_path"), a["image_size"], data.data_seed(a),
+        return (a["data"], a.get("data_path"), a["image_size"], a["data_seed"],
                 ckpt["num_classes"])
 
     first_label, first = next(iter(meta.items()))
@@ -223,7 +219,7 @@ def curve_text(summary, metrics, speed, baseline, metric):
 def write_curve_csv(rows, path):
     """One line per (run, step), written atomically."""
     fields = list(dict.fromkeys(k for r in rows for k in r))  # rows of older CSVs lack some
-    with checkpoint.atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+    with files.atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
@@ -296,12 +292,8 @@ def rows_within_budget(rows, max_step, source):
 def plot_curves(summary, metrics, path):
     """One panel per metric: the mean over seeds against the training step, the seeds' range
     shaded. matplotlib is optional: without it, a note, and False."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pictures.pyplot()
+    if plt is None:
         print(f"note: no plot written to {path}: matplotlib is not installed (pip install "
               f"matplotlib, then rerun with --from-csv); the table and the CSV are complete")
         return False
@@ -322,7 +314,7 @@ def plot_curves(summary, metrics, path):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    with checkpoint.atomic_write(path, ".png") as tmp:
+    with files.atomic_write(path, ".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
@@ -338,7 +330,7 @@ def point_cache(folder, path, step, settings):
     the new points. The checkpoint's modification time is in the key (a new run in the same folder
     starts afresh)."""
     key = {**settings, "mtime": os.stat(path).st_mtime_ns}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = files.key_digest(key, 12)
     return os.path.join(folder, "curve", f"step_{step:07d}-{digest}.json")
 
 
@@ -351,8 +343,8 @@ def autoencoder_rows(aes, judge, xv, yv, xt, ref, batch_size, device):
     rows = {}
     for fp, (path, ae) in aes.items():
         C = ae.latent_channels
-        batches = (x.to(device).float() / 127.5 - 1 for x in xv.split(batch_size))
-        psnr = common.mean_psnr(ae, batches, [C // 8, C])
+        batches = (pictures.from_uint8(x.to(device)) for x in xv.split(batch_size))
+        psnr = metrics.mean_psnr(ae, batches, [C // 8, C])
         recon = reconstructions(ae, xv, batch_size, device)
         fd = judge_fd(judge, reconstructions(ae, xt, batch_size, device), ref, batch_size, device)
         rows[path] = {"channels": C, "psnr_c8": psnr[C // 8], "psnr": psnr[C],
@@ -381,7 +373,7 @@ def evaluate_runs(args, meta, cfg_scales, device):
     settings = {"judge": os.path.basename(judge_path), "num_samples": args.num_samples,
                 "cfg_scales": cfg_scales, "steps": args.steps, "seed": args.seed,
                 "num_val": args.num_val, "fid": inception is not None}
-    judged_with = {"judge_sha256": checkpoint.weights_sha256(judge.state_dict()),
+    judged_with = {"judge_sha256": files.weights_sha256(judge.state_dict()),
                    "protocol": f"samples {args.num_samples}, steps {args.steps}, seed {args.seed}, "
                                f"val {args.num_val}"}
     rows, aes = [], {}
@@ -393,7 +385,7 @@ def evaluate_runs(args, meta, cfg_scales, device):
                     with open(cache) as fh:
                         values = json.load(fh)
                 else:
-                    model, ae, ckpt = checkpoint.load_dit(path)
+                    model, ae, ckpt = files.load_dit(path)
                     if ckpt["step"] != step:  # a run still training replaced its last.pt meanwhile
                         print(f"{label} {folder}: {os.path.basename(path)} holds step {ckpt['step']} "
                               f"now, not {step} (is the run still training?); that point is left "
@@ -409,13 +401,13 @@ def evaluate_runs(args, meta, cfg_scales, device):
                     print(f"{label} {folder} step {step}: " + ", ".join(
                         f"{k} {v:.3f}" for k, v in values.items()) + f" ({time.time() - t0:.0f} s)")
                     os.makedirs(os.path.dirname(cache), exist_ok=True)
-                    checkpoint.write_json(cache, values)
+                    files.write_json(cache, values)
                 rows.append({"label": label, "run": folder, "seed": newest["args"]["seed"],
                              "step": step, **values})
             if newest["ae"]["fingerprint"] not in aes:  # every point cached: load the AE for its row
                 aes[newest["ae"]["fingerprint"]] = (newest["ae"]["path"],
-                                                    checkpoint.load_dit(points[max(points)])[1])
-            made_with = {"ae_sha256": checkpoint.weights_sha256(
+                                                    files.load_dit(points[max(points)])[1])
+            made_with = {"ae_sha256": files.weights_sha256(
                              aes[newest["ae"]["fingerprint"]][1].state_dict()),
                          "judge_sha256": judged_with["judge_sha256"],
                          "commit": newest.get("provenance", {}).get("commit") or "",
