@@ -170,9 +170,127 @@ def summarise(rows, metrics):
             label[m] = {"mean": np.mean(per_run, axis=0).tolist(),
                         "min": np.min(per_run, axis=0).tolist(),
                         "max": np.max(per_run, axis=0).tolist()}
+        label["seeds"] = {run: r[steps[0]]["seed"] for run, r in label["runs"].items()}
         label["runs"] = {run: {m: [r[s][m] for s in steps] for m in metrics}
                          for run, r in label["runs"].items()}
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The speed-up at matched quality, with its interval (RESULTS.md, "Convergence", states the protocol)
+
+LEVELS = 16  # quality levels a pair's band is read at
+T90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833}
+
+
+def t90(df):
+    """The two-sided 90 % quantile of Student's t with df degrees of freedom (1.645 for many)."""
+    return T90.get(df, 1.645 + 2.4 / df)
+
+
+def reach_steps(steps, values, levels, lower=True):
+    """The step at which a curve first reaches each level, from its running best (so that a noisy
+    point that falls back does not undo a level once reached), interpolated linearly in log step
+    between checkpoints; nan where the curve does not reach the level within its steps, and its first
+    step where it is there already. values: (..., K) at `steps` (K,); levels: (..., M)."""
+    best = np.minimum.accumulate(values, axis=-1) if lower else np.maximum.accumulate(values, axis=-1)
+    sign = 1 if lower else -1
+    b, lv = sign * best[..., None, :], sign * levels[..., :, None]  # (..., M, K): lower is better
+    reached = b <= lv
+    i = reached.argmax(-1)  # the first checkpoint at or below the level
+    log_t = np.log(np.asarray(steps, dtype=float))
+    prev = np.maximum(i - 1, 0)
+    v1, v0 = np.take_along_axis(b, i[..., None], -1)[..., 0], np.take_along_axis(b, prev[..., None], -1)[..., 0]
+    frac = np.where(v0 > v1, (v0 - lv[..., 0]) / np.where(v0 > v1, v0 - v1, 1), 0.0)
+    out = np.exp(log_t[prev] + np.clip(frac, 0, 1) * (log_t[i] - log_t[prev]))
+    return np.where(reached.any(-1), np.where(i == 0, steps[0], out), np.nan)
+
+
+def pair_log_speedups(base_steps, base, steps, arm, lower=True):
+    """log(speed-up) of each (baseline run, arm run) pair: the mean over a band of quality levels of
+    log(baseline's step / arm's step) to reach the level. The band is the levels both curves reach
+    between their first and last checkpoints, so no level rests on one point or on the budget alone.
+    base, arm: (..., P, K) values. Returns (log speed-ups (..., P), bound (..., P): 0 for a value, +1
+    for a lower bound (the arm at its first checkpoint is past all the baseline reaches), -1 for an
+    upper bound (the arm never reaches what the baseline does), band (..., P, 2))."""
+    sign = 1 if lower else -1
+    first = np.minimum(sign * base[..., 0], sign * arm[..., 0])
+    bbest = (np.minimum.accumulate(sign * base, -1))[..., -1]
+    abest = (np.minimum.accumulate(sign * arm, -1))[..., -1]
+    last = np.maximum(bbest, abest)
+    empty = last >= first
+    u = (np.arange(LEVELS) + 0.5) / LEVELS
+    levels = sign * (last[..., None] + u * (first - last)[..., None])
+    tb = reach_steps(base_steps, base, levels, lower)
+    ta = reach_steps(steps, arm, levels, lower)
+    logs = np.nanmean(np.log(tb / ta), -1) if not empty.all() else np.zeros(empty.shape)
+    # an empty band: the arm's first point already beats the baseline's best (a lower bound from the
+    # baseline's last step over the arm's first), or the arm's best never reaches the baseline's
+    # first point (an upper bound: the baseline's first step over the arm's last)
+    ahead = (sign * arm[..., 0]) <= bbest
+    lower_bound = np.log(base_steps[-1] / steps[0])
+    upper_bound = np.log(base_steps[0] / steps[-1])
+    logs = np.where(empty, np.where(ahead, lower_bound, upper_bound), logs)
+    bound = np.where(empty, np.where(ahead, 1, -1), 0)
+    band = np.stack([sign * last, sign * first], -1)
+    return logs, bound, band
+
+
+def speedup_interval(logs):
+    """(estimate, [low, high]) of the speed-up from independent pairs' log speed-ups (..., P): the
+    geometric mean and a 90 % Student-t interval over the pairs (None with one pair)."""
+    n = logs.shape[-1]
+    mean = logs.mean(-1)
+    if n < 2:
+        return np.exp(mean), None
+    half = t90(n - 1) * logs.std(-1, ddof=1) / np.sqrt(n)
+    return np.exp(mean), np.stack([np.exp(mean - half), np.exp(mean + half)], -1)
+
+
+def difference_interval(logs_a, logs_b):
+    """(ratio of speed-ups a / b, its 90 % interval) from two independent sets of pair log speed-ups
+    (Welch's t): whether a speed-up changes from one comparison (a model size) to another."""
+    na, nb = logs_a.shape[-1], logs_b.shape[-1]
+    va, vb = logs_a.var(-1, ddof=1) / na, logs_b.var(-1, ddof=1) / nb
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    diff, se = logs_a.mean(-1) - logs_b.mean(-1), np.sqrt(va + vb)
+    tq = np.vectorize(lambda d: t90(max(1, int(np.floor(d)))))(df)
+    return np.exp(diff), np.stack([np.exp(diff - tq * se), np.exp(diff + tq * se)], -1)
+
+
+def matched_speedup(summary, baseline, label, metric):
+    """The speed-up of `label` over `baseline` at matched quality, pairing seed s of one with seed s
+    of the other (a seed without its partner is left out): {"estimate", "ci90" ([low, high] or None),
+    "n_pairs", "bounds" (pairs that gave only a bound), "band" ([worst, best] level over the pairs),
+    "pair_speedups"}."""
+    base, arm = summary[baseline], summary[label]
+    by_seed = {seed: run for run, seed in base["seeds"].items()}
+    pairs = [(by_seed[seed], run) for run, seed in arm["seeds"].items() if seed in by_seed]
+    if not pairs:
+        return None
+    lower = lower_is_better(metric)
+    b = np.array([base["runs"][r][metric] for r, _ in pairs])
+    a = np.array([arm["runs"][r][metric] for _, r in pairs])
+    logs, bound, band = pair_log_speedups(np.array(base["steps"]), b, np.array(arm["steps"]), a, lower)
+    estimate, ci = speedup_interval(logs)
+    return {"estimate": float(estimate), "ci90": None if ci is None else [float(v) for v in ci],
+            "n_pairs": len(pairs), "bounds": int(np.abs(bound).sum()),
+            "band": [float(band[:, 0].max() if lower else band[:, 0].min()),
+                     float(band[:, 1].min() if lower else band[:, 1].max())],
+            "pair_speedups": [float(v) for v in np.exp(logs)], "log_speedups": [float(v) for v in logs]}
+
+
+def format_matched(s):
+    """"1.45x (90 % interval 1.2-1.7, 3 pairs)", and what the interval says."""
+    if s is None:
+        return "no seed pairs (seed s of each arm)"
+    pairs = f"{s['n_pairs']} pair{'s' if s['n_pairs'] > 1 else ''}"
+    if s["ci90"] is None:
+        return f"{s['estimate']:.2f}x ({pairs}: no interval)"
+    low, high = s["ci90"]
+    verdict = "" if low > 1 or high < 1 else "; no difference at this precision"
+    bounds = f", {s['bounds']} of them a bound" if s["bounds"] else ""
+    return f"{s['estimate']:.2f}x (90 % interval {low:.2f}-{high:.2f}, {pairs}{bounds}){verdict}"
 
 
 def speedups(summary, baseline, metric):
@@ -186,6 +304,9 @@ def speedups(summary, baseline, metric):
         pairs = [speedup(base["steps"], b[metric], s["steps"], r[metric], lower)
                  for b in base["runs"].values() for r in s["runs"].values()]
         result[label] = {"mean": mean, "pairs": pairs}
+        matched = matched_speedup(summary, baseline, label, metric)
+        if matched is not None:
+            result[label].update(matched)
     return result
 
 
@@ -204,15 +325,11 @@ def curve_text(summary, metrics, speed, baseline, metric):
                 cells.append(f"{cell:>21}")
             lines.append(f"{label:>16} {len(s['runs']):>5} {step:>7} | " + " | ".join(cells))
     for label, sp in speed.items():
-        pairs = sp["pairs"]
-        spread = ""
-        if len(pairs) > 1:  # ">": reached at the first evaluated step already (a lower bound)
-            words = [("not reached" if p["factor"] is None else
-                      (">" if p["status"] == "before" else "") + f"{p['factor']:.2f}x") for p in pairs]
-            spread = f"; seed pairs: {', '.join(words)}"
-        lines.append(f"speed-up of {label} over {baseline} by {metric} (the step where it first "
-                     f"reaches {baseline}'s final {sp['mean']['target']:.3f}): "
-                     f"{format_speedup(sp['mean'])}{spread}")
+        matched = format_matched(sp if "estimate" in sp else None)
+        band = f" over {metric} {sp['band'][0]:.2f} to {sp['band'][1]:.2f}" if "band" in sp else ""
+        lines.append(f"speed-up of {label} over {baseline} at matched quality{band}: {matched}")
+        lines.append(f"  (the older statistic, the step where the mean curve first reaches {baseline}'s "
+                     f"final {sp['mean']['target']:.3f}: {format_speedup(sp['mean'])})")
     return "\n".join(lines)
 
 

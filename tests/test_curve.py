@@ -60,7 +60,7 @@ def test_summary_spread_and_seed_pairs():
     factors = [p["factor"] for p in speed["aug"]["pairs"]]
     assert factors == pytest.approx([2.0, 20 / (10 + 10 / 3)])
     text = curves.curve_text(summary, ["share_g1", "fd_g1"], speed, "plain", "fd_g1")
-    assert "55.00 (50.00-60.00)" in text and "speed-up of aug over plain by fd_g1" in text
+    assert "55.00 (50.00-60.00)" in text and "speed-up of aug over plain at matched quality over fd_g1" in text
 
 
 def test_csv_round_trip_and_bad_csv(tmp_path):
@@ -147,7 +147,7 @@ def curve_args(d, *runs):
 def test_curve_end_to_end_and_cached_points(runs):
     d = runs
     proc = run_script("evaluate.py", curve_args(d, f"plain={d / 'plain0'},{d / 'plain1'}", f"aug={d / 'aug0'}"))
-    assert "speed-up of aug over plain by fd_g1" in proc.stdout and "judge (" in proc.stdout
+    assert "speed-up of aug over plain at matched quality" in proc.stdout and "judge (" in proc.stdout
     assert proc.stdout.count(" step 2: ") == 3 and proc.stdout.count(" step 4: ") == 3  # every point sampled once
     assert len(list((d / "cache").iterdir())) == 1  # --seed 1 trains on the same images: one latent cache
     with open(d / "curve.csv") as fh:
@@ -160,6 +160,9 @@ def test_curve_end_to_end_and_cached_points(runs):
     ae_sha = files.weights_sha256(files.load_checkpoint(d / "ae" / "last.pt")["ema"])
     assert {r["ae_sha256"] for r in rows} == {ae_sha} and len({r["judge_sha256"] for r in rows}) == 1
     assert rows[0]["protocol"] == "samples 6, steps 2, seed 0, val 20"
+    speed = json.loads((d / "curve.json").read_text())["speedups"]["aug"]
+    assert speed["n_pairs"] == 1 and speed["ci90"] is None and speed["estimate"] > 0  # seed 0 with seed 0
+    assert "at matched quality" in proc.stdout and "1 pair: no interval" in proc.stdout
     result = json.loads((d / "curve.json").read_text())
     aes = result["autoencoders"]
     assert 0 <= aes["judge_ceiling"] <= 1
