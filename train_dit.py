@@ -106,8 +106,14 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
         if rank == 0:
             remove_dead_partials(folder)
             work[0] = f"{partial_prefix(folder)}{os.getpid()}"
-            os.makedirs(work[0], exist_ok=True)
-            files.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
+            try:
+                os.makedirs(work[0], exist_ok=True)
+                files.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
+            except (OSError, files.WriteError) as err:  # a full disk: nothing half-made stays
+                shutil.rmtree(work[0], ignore_errors=True)
+                if isinstance(err, files.WriteError):
+                    raise
+                raise files.write_failure(work[0], err) from None
         if world > 1:
             dist.broadcast_object_list(work, src=0)
         work = work[0]

@@ -613,9 +613,14 @@ def create_npy(path, shape, dtype):
     their rows with write_npy_rows, and no process ever holds the whole array."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(shape)}
-    with open(path, "wb") as fh:
-        np.lib.format.write_array_header_2_0(fh, header)
-        fh.truncate(fh.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    try:
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_2_0(fh, header)
+            fh.truncate(fh.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    except OSError as err:
+        if os.path.exists(path):
+            os.remove(path)
+        raise write_failure(path, err) from None
 
 
 def npy_layout(fh):

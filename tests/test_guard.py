@@ -152,7 +152,7 @@ def mounted_tmpfs(folder, size):
     return folder if proc.returncode == 0 else None
 
 
-@pytest.mark.parametrize("script", ["train_ae.py", "sample.py"])
+@pytest.mark.parametrize("script", ["train_ae.py", "sample.py", "export.py", "evaluate.py", "train_dit.py"])
 def test_a_real_full_disk_gives_one_line_and_no_partial_file(ae, tmp_path, script):
     """A real full file system (a 2.6 MB tmpfs): the writers fail as they do at scale."""
     disk = mounted_tmpfs(tmp_path / "disk", "2600k")
@@ -163,22 +163,38 @@ def test_a_real_full_disk_gives_one_line_and_no_partial_file(ae, tmp_path, scrip
             out = disk / "ae"
             args = ["--model", "dc-ae-tiny", "--max-steps", "6", "--batch-size", "4", "--log-every", "2",
                     "--sample-every", "2", "--perceptual", "off", "--out", out]
-        else:
+        elif script == "sample.py":
             dit = tmp_path / "dit"
             run_script("train_dit.py", dit_args(ae, dit, 1))
             (disk / "filler").write_bytes(b"\0" * (2600 * 1024 - 400 * 1024))  # 400 KB left
             args = ["--ckpt", dit / "last.pt", "--num-samples", "600", "--steps", "1", "--npz",
                     disk / "samples.npz", "--out", disk / "grid.png"]
-        proc = subprocess.run([sys.executable, os.path.join(helpers.ROOT, script), *map(str, args), "--device", "cpu"],
+        else:  # the exported folder, the --json, the latent cache: each on a disk that is full already
+            try:  # every byte taken
+                with open(disk / "filler", "wb") as fh:
+                    while True:
+                        fh.write(b"\0" * 4096)
+                        fh.flush()
+            except OSError:
+                pass
+            args = {"export.py": ["diffusers", "--ae-ckpt", ae, "--out", disk / "hf"],
+                    "evaluate.py": ["recon", "--ae-ckpt", ae, "--image-size", "16", "--num-images", "4",
+                                    "--json", disk / "recon.json"],
+                    "train_dit.py": helpers.dit_args(ae, tmp_path / "cached", 1, cache=disk / "cache")}[script]
+        device = [] if script == "export.py" else ["--device", "cpu"]
+        proc = subprocess.run([sys.executable, os.path.join(helpers.ROOT, script), *map(str, args), *device],
                               capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert "no space left on the device" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
-        leftovers = [p for p in os.listdir(disk / "ae" if script == "train_ae.py" else disk) if "tmp" in p]
+        leftovers = [p for p in os.listdir(disk / "ae" if script == "train_ae.py" else disk)
+                     if ".tmp" in p or ".partial" in p]
+        if script == "train_dit.py" and (disk / "cache").is_dir():
+            leftovers += os.listdir(disk / "cache")  # no half-written latent cache
         assert not leftovers, leftovers
         if script == "train_ae.py":
             assert "the last intact checkpoint is" in proc.stderr
             files.load_checkpoint(str(disk / "ae" / "last.pt"))  # intact
-        else:
+        elif script == "sample.py":
             assert not (disk / "samples.npz").exists()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
