@@ -94,3 +94,22 @@ def test_a_compiled_ae_is_compiled_once_whatever_c_prime_the_steps_draw(tmp_path
     assert graphs["every c'"] <= graphs["one c'"] + 2, graphs
     run_script("train_ae.py", [*args, "--out", tmp_path / "eager"])
     assert losses(tmp_path / "every c'") == pytest.approx(losses(tmp_path / "eager"), rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["DiT-tiny", "UViT-tiny"])
+@pytest.mark.parametrize("checkpointing", [[], ["--grad-checkpointing"]], ids=["", "grad-checkpointing"])
+def test_a_compiled_dit_or_uvit_is_compiled_once_whatever_c_prime(trained_ae, tmp_path, model, checkpointing):
+    """train_dit.py --compile (inductor), with and without activation checkpointing: the augmented pass's
+    c' only builds a mask outside the compiled network, so a run drawing every c' compiles what a run with
+    one fixed c' does."""
+    from torch._dynamo.utils import counters
+
+    graphs = {}
+    for name, extra in (("one c'", ["--aug-channel-choices", "4"]), ("every c'", [])):
+        torch._dynamo.reset()
+        counters.clear()
+        run_script("train_dit.py", dit_args(trained_ae, tmp_path / name, 12, ["--model", model, "--compile",
+                                                                               *checkpointing, *extra]))
+        graphs[name] = counters["stats"]["unique_graphs"]
+    assert graphs["every c'"] <= graphs["one c'"] + 2, graphs
