@@ -247,7 +247,6 @@ def build_pieces(args, device):
 def main(args):
     if args.activation_memory:
         return activation_memory()
-    cli.check_positive(args, ("batch_size", "iters", "sample_steps"))
     _, _, device = distributed.setup_distributed(args.device)
     if args.coding_memory:
         return coding_memory(args, device)
@@ -284,11 +283,11 @@ def build_parser():
                    choices=models.BACKBONE_PRESETS,
                    help=f"diffusion model preset: {', '.join(models.BACKBONE_PRESETS)}")
     p.add_argument("--image-size", type=int, default=64, help="image resolution")
-    p.add_argument("--batch-size", type=int, default=16, help="items per iteration")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="items per iteration")
     p.add_argument("--objective", default="flow", choices=sorted(dcae15.OBJECTIVES),
                    help="the DiT's objective (and so its sampler)")
-    p.add_argument("--sample-steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations of each piece")
+    p.add_argument("--sample-steps", type=cli.positive_int, default=50, help="sampler steps")
+    p.add_argument("--iters", type=cli.positive_int, default=5, help="timed iterations of each piece")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--no-fid", action="store_true", help="skip the FID network")
     p.add_argument("--grad-checkpointing", action="store_true",

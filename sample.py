@@ -38,8 +38,6 @@ def main(args):
     # ------------------------------------------------------------------ check the input, before any work
     model, ae, ckpt = files.load_dit(args.ckpt, args.ae_ckpt)
     config = model.cfg
-    if args.num_samples <= 0 or args.batch_size <= 0:
-        raise ValueError("--num-samples and --batch-size must be positive")
     labels = parse_labels(args.class_labels, args.num_samples, config.num_classes)
     c_prime = args.c_prime
     if c_prime is not None and not 1 <= c_prime <= config.in_channels:

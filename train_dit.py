@@ -111,8 +111,6 @@ def build_latent_cache(args, ae, ae_info, train_set, rank, world, device):
                 files.create_npy(os.path.join(work[0], "latents.npy"), (total, C, h, h), "float32")
             except (OSError, files.WriteError) as err:  # a full disk: nothing half-made stays
                 shutil.rmtree(work[0], ignore_errors=True)
-                if isinstance(err, files.WriteError):
-                    raise
                 raise files.write_failure(work[0], err) from None
         if world > 1:
             dist.broadcast_object_list(work, src=0)

@@ -70,25 +70,20 @@ def parse_c_prime_choices(text, latent_channels, flag, default):
         raise ValueError(f"{flag}: {err}") from None
 
 
-def check_positive(args, names):
-    """A clear error for a flag among `names` (e.g. "max_steps") that is not > 0."""
-    for name in names:
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-
-
 # --------------------------------------------------------------------------------------------------
 # Flag values: argparse types that refuse a value outside the flag's meaning, before any work, in one
 # line that names the flag, the value and the range (argparse adds the flag's name).
 
 
 def _number(kind, low=None, high=None, low_open=False, zero_means=None):
-    """An argparse type: `kind` (int or float), finite, in [low, high] (or (low, high] with low_open);
-    `zero_means` documents what 0 does where 0 is allowed."""
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}]"
-    words = (f"in {lo}, {hi}" if low is not None and high is not None
-             else f"{'>' if low_open else '>='} {low:g}" if low is not None else "a finite number")
+    """An argparse type: `kind` (int or float), finite, and in [low, high], or above low (> low with
+    low_open, else >=); `zero_means` documents what 0 does where 0 is allowed."""
+    if high is not None:
+        words = f"in [{low:g}, {high:g}]"
+    elif low is not None:
+        words = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        words = "a finite number"
     if zero_means:
         words += f"; 0 = {zero_means}"
 
@@ -97,8 +92,9 @@ def _number(kind, low=None, high=None, low_open=False, zero_means=None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low))) \
-                or (high is not None and value > high):
+        inside = math.isfinite(value) and (high is None or value <= high) and (
+            low is None or value > low or (value == low and not low_open))
+        if not inside:
             raise argparse.ArgumentTypeError(f"{text} is outside its range: {words}")
         return value
 

@@ -496,6 +496,7 @@ def evaluate_runs(args, meta, cfg_scales, device):
     rows, aes = [], {}
     for label, runs in meta.items():
         for folder, points, newest in runs:
+            folder_rows = []
             for step, path in points.items():
                 cache = point_cache(folder, path, step, settings)
                 if os.path.isfile(cache):
@@ -519,19 +520,16 @@ def evaluate_runs(args, meta, cfg_scales, device):
                         f"{k} {v:.3f}" for k, v in values.items()) + f" ({time.time() - t0:.0f} s)")
                     os.makedirs(os.path.dirname(cache), exist_ok=True)
                     files.write_json(cache, values)
-                rows.append({"label": label, "run": folder, "seed": newest["args"]["seed"],
-                             "step": step, **values})
-            if newest["ae"]["fingerprint"] not in aes:  # every point cached: load the AE for its row
-                aes[newest["ae"]["fingerprint"]] = (newest["ae"]["path"],
-                                                    files.load_dit(points[max(points)])[1])
-            made_with = {"ae_sha256": files.weights_sha256(
-                             aes[newest["ae"]["fingerprint"]][1].state_dict()),
-                         "judge_sha256": judged_with["judge_sha256"],
-                         "commit": newest.get("provenance", {}).get("commit") or "",
-                         "protocol": judged_with["protocol"]}
-            for row in rows:
-                if row["run"] == folder and "ae_sha256" not in row:
-                    row.update(made_with)
+                folder_rows.append({"label": label, "run": folder, "seed": newest["args"]["seed"],
+                                    "step": step, **values})
+            fingerprint = newest["ae"]["fingerprint"]
+            if fingerprint not in aes:  # every point cached: load the AE for its row
+                aes[fingerprint] = (newest["ae"]["path"], files.load_dit(points[max(points)])[1])
+            # the AE's sha256 as train_dit.py recorded it (hashed here for a DiT that predates it)
+            ae_sha256 = newest["ae"].get("sha256") or files.weights_sha256(aes[fingerprint][1].state_dict())
+            rows += [{**row, "ae_sha256": ae_sha256, "judge_sha256": judged_with["judge_sha256"],
+                      "commit": newest.get("provenance", {}).get("commit") or "",
+                      "protocol": judged_with["protocol"]} for row in folder_rows]
     ceiling = judge_accuracy(judge, xv, yv, args.batch_size, device)
     # a perfect generator's distance: real training images, as many as a point has samples (the FD
     # of a finite set is not 0); an AE's reconstructions of the same images are its DiT's floor

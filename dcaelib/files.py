@@ -53,7 +53,10 @@ _WRITE_FAILED = re.compile(r"iostream error|unexpected pos|PytorchStreamWriter|f
 
 
 def write_failure(path, err):
-    """The WriteError for an exception that a write of `path` raised, or None if it is not one."""
+    """The WriteError for an exception that a write of `path` raised (itself if it is one already),
+    or None if it is not one."""
+    if isinstance(err, WriteError):
+        return err
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         cause = "no space left on the device" if err.errno == errno.ENOSPC else "disk quota exceeded"
     elif isinstance(err, OSError) or _WRITE_FAILED.search(str(err)):
@@ -266,9 +269,9 @@ def load_autoencoder(path, ae_config=None, latent_scale=None):
         raise ValueError(f"no latent scaling factor is known for {path}: pass --latent-scale S "
                          f"(1 / RMS of its latents; dcae15.measure_latent_scale computes it)")
     ae = models.autoencoder_class(cfg).from_state_dict(cfg, sd)
+    sha256 = weights_sha256(sd)  # hashed once: the fingerprint is its head
     info = {"path": path, "source": source, "ae_config": ae_config, "config": cfg.to_dict(),
-            "fingerprint": fingerprint(sd), "sha256": weights_sha256(sd),
-            "latent_scale": float(scale)}
+            "fingerprint": sha256[:16], "sha256": sha256, "latent_scale": float(scale)}
     return ae.eval().requires_grad_(False), float(scale), info
 
 

@@ -109,7 +109,7 @@ class RunLog:
         if not master:
             return
         os.makedirs(out, exist_ok=True)
-        self.file = open(os.path.join(out, "log.txt"), "a")
+        self.log_path = os.path.join(out, "log.txt")
         self.metrics_path = os.path.join(out, "metrics.jsonl")
         keep_metrics_until(self.metrics_path, start_step)
         if tensorboard:
@@ -125,12 +125,14 @@ class RunLog:
         if self.master:
             if echo:
                 tqdm.write(text, file=sys.stdout)
-            self.append(self.file.name, lambda: (self.file.write(text + "\n"), self.file.flush()))
+            self.append(self.log_path, text + "\n")
 
-    def append(self, path, write):
-        """write() to the log file `path`; a full disk ends the run with one line, as a checkpoint's."""
+    def append(self, path, text):
+        """Append `text` to the run's log file `path` (log.txt, metrics.jsonl); a full disk ends the
+        run with one line, as a checkpoint's does."""
         try:
-            write()
+            with open(path, "a") as fh:
+                fh.write(text)
         except OSError as err:
             raise cli.StopRun(f"{files.write_failure(path, err)}; {last_intact(self.out)}") from None
 
@@ -142,11 +144,7 @@ class RunLog:
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in values.items()}
         line = {"step": step, "time": round(time.time(), 3), **values}
-        def write():
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-
-        self.append(self.metrics_path, write)
+        self.append(self.metrics_path, json.dumps(line) + "\n")
         if self.tensorboard is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
@@ -182,10 +180,8 @@ class RunLog:
                            f"{unit}_per_s": rate, "skipped": skipped})
 
     def close(self):
-        if self.master:
-            self.file.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+        if self.master and self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def keep_metrics_until(path, step):
@@ -322,8 +318,7 @@ def restore_rng_states(states, rank, generators):
 
 
 def setup_processes(args):
-    """(rank, world, device) after the checks both trainers make of their step flags."""
-    cli.check_positive(args, ("batch_size", "max_steps", "log_every", "sample_every"))
+    """(rank, world, device); the global batch must split evenly over the processes."""
     rank, world, device = distributed.setup_distributed(args.device)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} (global) must be divisible by the {world} "
