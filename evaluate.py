@@ -4,8 +4,7 @@ Evaluate autoencoders and generators: rFID, PSNR, SSIM, LPIPS, the partial-chann
     # reconstruction metrics for each c' (the paper's partial-channel comparison), with a baseline
     python evaluate.py recon --ae-ckpt runs/ae/last.pt --baseline-ckpt runs/ae-plain/last.pt
     # reference statistics of a dataset (pytorch-fid .npz: mu, sigma)
-    python evaluate.py ref --data imagefolder --data-path /data/imagenet/train --image-size 256 \
-        --out ref.npz
+    python evaluate.py ref --data imagefolder --data-path /data/imagenet/train --image-size 256 --out ref.npz
     # FID of samples (an .npz from sample.py, an image folder, or a DiT sampled on the fly)
     python evaluate.py fid --samples samples.npz --ref ref.npz
     # how often a DiT's samples show the requested class, as a small CNN (the judge, trained once
@@ -14,7 +13,7 @@ Evaluate autoencoders and generators: rFID, PSNR, SSIM, LPIPS, the partial-chann
     # quality against training step of DiT runs kept with --save-every, and the speed-up factor
     python evaluate.py curve --run plain=runs/dit-plain --run augmented=runs/dit
 
-FID is pytorch-fid compatible (fid.py: torchvision's Inception v3 with the TF-graph pooling changes and
+FID is pytorch-fid compatible (dcaelib/fid.py: torchvision's Inception v3 with the TF-graph pooling changes and
 the FID weights pt_inception-2015-12-05-6726825d.pth; uint8 images, bilinear resize to 299, 2048-d pool
 features; statistics accumulated in float64 as running sums, mergeable across ranks).
 Run `python evaluate.py SUBCOMMAND --help`.

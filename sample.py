@@ -1,4 +1,4 @@
-"""
+r"""
 Sample class-conditional images from a trained DiT (EMA weights) and decode them with its autoencoder.
 
     python sample.py --ckpt runs/dit/last.pt                        # a PNG grid beside the checkpoint

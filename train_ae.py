@@ -1,4 +1,4 @@
-"""
+r"""
 Train a DC-AE 1.5 autoencoder with a structured latent space.
 
     python train_ae.py                                       # classroom AE on the shapes, CPU ok

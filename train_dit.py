@@ -1,4 +1,4 @@
-"""
+r"""
 Train a class-conditional latent DiT with DC-AE 1.5's augmented diffusion training.
 
     python train_dit.py --ae-ckpt runs/ae/last.pt                 # classroom DiT, flow matching

@@ -47,6 +47,20 @@ def test_the_ranges_are_in_the_help():
     assert "EMA decay" in text and "(in [0, 1])" in text and "(>= 0; 0 = never)" in text
 
 
+@pytest.mark.parametrize("script", ["train_ae.py", "train_dit.py", "sample.py", "evaluate.py", "export.py",
+                                    "bench.py"])
+def test_the_usage_examples_keep_their_line_breaks(script):
+    """A command continued with a backslash in a (non-raw) docstring reads back as one line with a run of
+    spaces in it (what `evaluate.py --help` printed for `ref`)."""
+    import ast
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    doc = ast.get_docstring(ast.parse(open(os.path.join(root, script)).read()), clean=False)
+    joined = [line for line in doc.splitlines() if re.search(r"\S {4,}[^\s#]", line)]
+    assert not joined, joined
+
+
 def test_grad_clip_0_means_no_clipping(trained_ae, tmp_path):
     """--grad-clip 0 trains (a clip to norm 0 would scale every gradient to nothing)."""
     import torch
