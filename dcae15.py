@@ -1,8 +1,7 @@
-"""
-dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss and training
-phases, a DiT, the diffusion objectives with augmented diffusion training and their samplers, and
-the official weights. It needs torch and the standard library only (lpips for the perceptual loss,
-safetensors for .safetensors files): copied alone into a notebook, all of it works.
+"""dcae15.py: DC-AE 1.5 in one file. The autoencoder, its structured latent space, its loss and training
+phases, a DiT, the diffusion objectives with augmented diffusion training and their samplers, and the
+official weights. Needs only torch (lpips for the perceptual loss, safetensors for .safetensors files):
+copied alone into a notebook, all of it works.
 
 Papers:
   DC-AE      Chen et al., "Deep Compression Autoencoder for Efficient High-Resolution Diffusion
@@ -21,16 +20,14 @@ Map of this file (section -> paper):
   4. Structured latent space       -> DC-AE 1.5 Sec. 3 "Structured Latent Space": mask_{c,c'}, c'
   5. Autoencoder loss and phases   -> DC-AE Sec. 3.3: L1 + perceptual (LPIPS) + GAN, three phases
   6. DiT                           -> DiT Sec. 3 (adaLN-Zero blocks)
-  7. Diffusion objectives          -> DDPM eq. 14 (eps-prediction), SiT's linear flow, DC-AE 1.5
-                                      Sec. 3 "Augmented Diffusion Training", DDIM eq. 12, Heun,
-                                      classifier-free guidance
+  7. Diffusion objectives          -> DDPM eq. 14 (eps-prediction), SiT's linear flow, DC-AE 1.5 Sec. 3
+                                      "Augmented Diffusion Training", DDIM eq. 12, Heun, guidance
   8. Weights and the latent scale  -> the official checkpoints, the latent scaling factor
 
 Conventions: images are (B, 3, H, W) in [-1, 1]; latents are (B, C, H/f, W/f) with f the spatial
-compression; c is the number of latent channels (`latent_channels`) and c' <= c the number a
-partial latent keeps (`c_prime`). Module and parameter names follow the official DC-Gen code, so
-official state dicts load key for key. Beside this file, dcaelib/ holds DC-AE 1.0 (dcae10.py), the
-U-ViT (uvit.py), tiled coding (tiling.py) and what the scripts share.
+compression; c is the number of latent channels (`latent_channels`) and c' <= c the number a partial
+latent keeps (`c_prime`). Module and parameter names follow the official DC-Gen code, so official state
+dicts load key for key. dcaelib/ holds DC-AE 1.0, the U-ViT, tiled coding and what the scripts share.
 """
 
 import math
@@ -45,23 +42,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 
-# ==================================================================================================
-# 1. Configs
-# ==================================================================================================
-
+# 1. Configs ---------------------------------------------------------------------------------------
 
 # block_type, norm and act: one name for every stage, or a tuple of one per stage (DC-AE 1.0).
 @dataclass
 class EncoderConfig:
-    # channels of each stage (stage i at H / 2^i)
-    width_list: tuple = (128, 256, 512, 512, 1024, 1024)
-    # blocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
-    depth_list: tuple = (0, 5, 10, 4, 4, 4)
+    width_list: tuple = (128, 256, 512, 512, 1024, 1024)  # channels of stage i (at H / 2^i)
+    depth_list: tuple = (0, 5, 10, 4, 4, 4)  # blocks per stage; depth 0 at stage 0 = pixel-unshuffle stem
     block_type: object = "ResBlock"  # or "EViTGLU" (DC-AE 1.0's deep stages)
     norm: object = "trms2d"  # channel RMSNorm with weight and bias (official name "trms2d")
     act: str = "silu"
-    # None in DC-AE 1.5; 1.0 adds a channel-averaging shortcut around the last conv
-    out_shortcut: Optional[str] = None
+    out_shortcut: Optional[str] = None  # DC-AE 1.0 adds a channel-averaging shortcut around the last conv
 
 
 @dataclass
@@ -73,44 +64,35 @@ class DecoderConfig:
     act: object = "silu"
     out_norm: str = "trms2d"  # norm and act before the last (pixel-shuffle) conv
     out_act: str = "silu"  # DC-AE 1.5 uses SiLU here; DC-AE 1.0 used ReLU
-    # None in DC-AE 1.5; 1.0 adds a channel-duplicating shortcut around the first conv
-    in_shortcut: Optional[str] = None
+    in_shortcut: Optional[str] = None  # DC-AE 1.0 adds a channel-duplicating shortcut around the first conv
 
 
 @dataclass
 class DCAEConfig:
     in_channels: int = 3
-    # c in the paper. (The official code also calls c' `latent_channels` where it is an argument,
-    # encode(x, latent_channels=c'); here c' is always `c_prime`.)
-    latent_channels: int = 128
+    latent_channels: int = 128  # c (the official encode(x, latent_channels=c') means c': here `c_prime`)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    # Multiply latents by this before diffusion (about 1 / RMS of the latents); None: measure it.
-    scaling_factor: Optional[float] = None
+    scaling_factor: Optional[float] = None  # latents x this before diffusion (~1 / RMS); None: measure it
 
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
         def tuples(part):  # lists (as a checkpoint may hold them) back to tuples
             return {k: tuple(v) if isinstance(v, list) else v for k, v in part.items()}
-
         enc = EncoderConfig(**tuples(d.pop("encoder")))
         dec = DecoderConfig(**tuples(d.pop("decoder")))
         return cls(encoder=enc, decoder=dec, **d)
 
     def to_dict(self):
-        # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
-        return asdict(self)
+        return asdict(self)  # plain ints, floats, strings and tuples: safe for torch.load(weights_only=True)
 
     @property
     def spatial_compression_ratio(self):
-        # N - 1 halvings for N stages: the stem (or stage 0's downsample when depth[0] > 0), then
-        # one at the end of every stage but the last. f32 has 6 stages, f64 has 7.
-        return 2 ** (len(self.encoder.width_list) - 1)
+        return 2 ** (len(self.encoder.width_list) - 1)  # a halving per stage but the last: f32 has 6, f64 7
 
     def check_image_size(self, size, what="image size"):
-        """A clear error for an image size (an int, or "HxW" with both sides checked) that this
-        autoencoder cannot encode: it must be a multiple of the spatial compression f."""
+        """A clear error for a size (an int, or "HxW" with both sides checked) not a multiple of f."""
         f = self.spatial_compression_ratio
         if any(int(side) % f for side in str(size).split("x")):
             raise ValueError(f"{what} {size} is not divisible by the spatial compression {f} of "
@@ -129,36 +111,25 @@ DCAE_CONFIGS = {
     # 0.5935 is the factor the official code pairs with this AE for its USiT models.
     "dc-ae-f64c128-1.5": _dcae_config([128, 256, 512, 512, 1024, 1024, 1024],
                                       [0, 5, 10, 4, 4, 4, 4], 128, 0.5935),
-    # Classroom preset: 64x64 images -> 4x4x64 latents. Same regime as the paper (deep compression
-    # f16, many channels) at a size that trains on a laptop CPU. NOTE: our own choice, not an
-    # official model.
+    # Classroom: 64x64 images -> 4x4x64 latents, the paper's regime (deep compression f16, many
+    # channels) at a size a laptop CPU trains. NOTE: our own choice, not an official model.
     "dc-ae-f16c64-classroom": _dcae_config([16, 32, 64, 128, 256], [0, 1, 1, 2, 2], 64),
-    # Tiny model for unit tests (the fact sheet's 34-key instance): f4, 8 latent channels.
-    "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),
+    "dc-ae-tiny": _dcae_config([8, 16, 32], [0, 1, 1], 8),  # unit tests (the fact sheet's 34-key instance)
 }
 
 
 def build_dcae_config(name):
-    """A fresh copy (the caller may edit it) of the preset `name` of DCAE_CONFIGS."""
+    """A fresh copy (the caller may edit it) of a preset."""
     if name not in DCAE_CONFIGS:
-        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of "
-                         f"{sorted(DCAE_CONFIGS)}")
+        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(DCAE_CONFIGS)}")
     return DCAEConfig.from_dict(DCAE_CONFIGS[name].to_dict())
 
 
-# ==================================================================================================
-# 2. Autoencoder building blocks
-# ==================================================================================================
-
+# 2. Autoencoder building blocks -------------------------------------------------------------------
 
 class RMSNorm2d(nn.Module):
-    """Channel RMSNorm of (B, C, H, W): y = x / sqrt(mean_c(x^2) + eps) * weight + bias.
-
-    No mean subtraction (unlike LayerNorm). Computed in fp32 whatever the input dtype, as the
-    official Triton kernel does, because the mean of squares of large activations overflows or loses
-    bits in bf16.
-    """
-
+    """Channel RMSNorm, no mean subtraction: x / sqrt(mean_c(x^2) + eps) * weight + bias. In fp32, as the
+    official Triton kernel: in bf16 the mean of squares of large activations overflows or loses bits."""
     def __init__(self, channels, eps=1e-5):
         super().__init__()
         self.eps = eps
@@ -191,9 +162,7 @@ def build_act(name):
 
 class ConvLayer(nn.Module):
     """conv -> optional norm -> optional act; `conv` and `norm` named as in the official code."""
-
-    def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None,
-                 groups=1):
+    def __init__(self, in_channels, out_channels, kernel_size=3, bias=True, norm=None, act=None, groups=1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
                               bias=bias, groups=groups)
@@ -212,13 +181,10 @@ class ConvLayer(nn.Module):
 # Two near-identical names, both official (the state-dict keys need them): ResBlock is the body of
 # a residual block (two convs), ResidualBlock adds the shortcut around any body.
 class ResBlock(nn.Module):
-    """The body of a residual block: norm(conv2(act(conv1(x)))); `+ x` lives in ResidualBlock."""
-
     def __init__(self, channels, norm, act):
         super().__init__()
         self.conv1 = ConvLayer(channels, channels, 3, bias=True, act=act)
-        # norm follows, so no bias
-        self.conv2 = ConvLayer(channels, channels, 3, bias=False, norm=norm)
+        self.conv2 = ConvLayer(channels, channels, 3, bias=False, norm=norm)  # norm follows: no bias
 
     def forward(self, x):
         return self.conv2(self.conv1(x))
@@ -226,7 +192,6 @@ class ResBlock(nn.Module):
 
 class ResidualBlock(nn.Module):
     """main(x) + shortcut(x); the shortcut has no parameters (identity, or a pixel shuffle)."""
-
     def __init__(self, main, shortcut):
         super().__init__()
         self.main = main
@@ -237,8 +202,7 @@ class ResidualBlock(nn.Module):
 
 
 def checkpointed(module, *inputs):
-    """module(*inputs) without keeping its activations for backward: they are recomputed there
-    (activation checkpointing; the same values and gradients, less memory, about one forward more)."""
+    """module(*inputs), its activations recomputed in backward: less memory, about one forward more."""
     if torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(module, *inputs, use_reentrant=False)
     return module(*inputs)
@@ -246,7 +210,6 @@ def checkpointed(module, *inputs):
 
 class OpSequential(nn.Module):
     """nn.Sequential under the official name `op_list`: state-dict keys read `...op_list.<j>...`."""
-
     def __init__(self, ops):
         super().__init__()
         self.op_list = nn.ModuleList(ops)
@@ -258,9 +221,7 @@ class OpSequential(nn.Module):
         return x
 
 
-class ConvPixelUnshuffleDownsample(nn.Module):
-    """Learned 2x downsample: 3x3 conv to out/4 channels, then pixel-unshuffle."""
-
+class ConvPixelUnshuffleDownsample(nn.Module):  # learned 2x downsample
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = ConvLayer(in_channels, out_channels // 4, 3, bias=True)
@@ -270,13 +231,8 @@ class ConvPixelUnshuffleDownsample(nn.Module):
 
 
 class ChannelAveragingDownsample(nn.Module):
-    """DC-AE's non-parametric downsample shortcut ("residual autoencoding", DC-AE Sec. 3.2).
-
-    Space-to-channel turns (C, H, W) into (4C, H/2, W/2) losslessly; groups of g = 4C/out
-    consecutive channels are then averaged to reach `out`. The learned path only has to model the
-    residual.
-    """
-
+    """DC-AE's non-parametric shortcut ("residual autoencoding", Sec. 3.2): lossless space-to-channel,
+    then the mean of groups of 4C/out channels. The learned path only has to model the residual."""
     def __init__(self, in_channels, out_channels, factor=2):  # factor 1: a plain channel-group mean
         super().__init__()
         self.factor = factor
@@ -288,9 +244,7 @@ class ChannelAveragingDownsample(nn.Module):
         return x.view(B, C // self.group, self.group, H, W).mean(dim=2)
 
 
-class ConvPixelShuffleUpsample(nn.Module):
-    """Learned 2x upsample: 3x3 conv to 4*out channels, then channel-to-space (pixel shuffle)."""
-
+class ConvPixelShuffleUpsample(nn.Module):  # learned 2x upsample
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = ConvLayer(in_channels, out_channels * 4, 3, bias=True)
@@ -300,12 +254,7 @@ class ConvPixelShuffleUpsample(nn.Module):
 
 
 class ChannelDuplicatingUpsample(nn.Module):
-    """The decoder's non-parametric shortcut: repeat each channel r times, then channel-to-space.
-
-    With r = 4 this is nearest-neighbour 2x upsampling; with r = 2 each output pixel pair shares one
-    channel.
-    """
-
+    """Non-parametric shortcut: repeat each channel, then channel-to-space (4 repeats = nearest 2x)."""
     def __init__(self, in_channels, out_channels, factor=2):  # factor 1: repeat channels only
         super().__init__()
         self.factor = factor
@@ -316,12 +265,8 @@ class ChannelDuplicatingUpsample(nn.Module):
 
 
 class AdaptiveOutputConv(nn.Module):
-    """The encoder's last conv (DC-AE 1.5 `AdaptiveOutputConvLayer`): it may emit its first c' only.
-
-    Output channel k depends only on weight[k], so computing the first c' rows gives exactly
-    encode(x)[:, :c'] at c'/c of the cost.
-    """
-
+    """The encoder's last conv (DC-AE 1.5 `AdaptiveOutputConvLayer`); it may emit its first c' only: output
+    channel k depends only on weight[k], so the first c' rows give exactly encode(x)[:, :c'] at c'/c cost."""
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
@@ -332,12 +277,8 @@ class AdaptiveOutputConv(nn.Module):
 
 
 class AdaptiveInputConv(nn.Module):
-    """The decoder's first conv (DC-AE 1.5 `AdaptiveInputConvLayer`): it takes any c' <= c channels.
-
-    Using only the first c' input columns of the weight is exactly the full conv applied to the
-    latent zero-filled to c channels, i.e. to z * mask_{c,c'}. The bias is kept whole.
-    """
-
+    """The decoder's first conv (DC-AE 1.5 `AdaptiveInputConvLayer`), for any c' <= c channels: using the
+    first c' input columns of the weight (and the whole bias) is exactly the full conv of z * mask_{c,c'}."""
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
@@ -346,10 +287,7 @@ class AdaptiveInputConv(nn.Module):
         return F.conv2d(z, self.conv.weight[:, : z.shape[1]], self.conv.bias, padding=1)
 
 
-# ==================================================================================================
-# 3. Encoder / Decoder / DCAE
-# ==================================================================================================
-
+# 3. Encoder / Decoder / DCAE ----------------------------------------------------------------------
 
 def _check_lists(width_list, depth_list, who):
     if len(width_list) != len(depth_list) or len(width_list) < 2:
@@ -366,7 +304,6 @@ def _check_lists(width_list, depth_list, who):
 class Encoder(nn.Module):
     """Images to the first c' latent channels: stem, stages of residual blocks that each end in a
     2x downsample with its channel-averaging shortcut, and the adaptive output conv."""
-
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -401,8 +338,7 @@ class Encoder(nn.Module):
         x = self.project_in(x)  # (B, width[1], H/2, W/2)
         for stage in self.stages:  # empty stages (depth 0) pass x through unchanged
             x = stage(x)
-        # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f): the trunk runs once whatever c' is
-        return self.to_latent(x, c_prime)
+        return self.to_latent(x, c_prime)  # (B, width[-1], H/f, W/f) -> (B, c', H/f, W/f)
 
     def to_latent(self, x, c_prime):
         # the op_list of one conv keeps the official key encoder.project_out.op_list.0.conv.weight
@@ -410,10 +346,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The first c' latent channels to images: the adaptive input conv (missing channels act as
-    zeros), stages that each start with a 2x upsample and its channel-duplicating shortcut, and the
-    head (norm, act, pixel-shuffle conv)."""
-
+    """The first c' latent channels to images: the adaptive input conv, stages that each start with a 2x
+    upsample and its channel-duplicating shortcut, and the head (norm, act, pixel-shuffle conv)."""
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -421,19 +355,16 @@ class Decoder(nn.Module):
         w, d = dc.width_list, dc.depth_list
         _check_lists(w, d, "decoder")
         self.project_in = AdaptiveInputConv(cfg.latent_channels, w[-1])  # no shortcut in 1.5
-        # stages[i] works at width[i], as in the encoder, so keys line up with the official decoder
-        self.stages = nn.ModuleList()
+        self.stages = nn.ModuleList()  # stages[i] at width[i], as in the encoder: the official keys
         for i in range(len(w)):
             ops = []
-            # stage i starts by upsampling from stage i+1's resolution
-            if i < len(w) - 1 and d[i] > 0:
+            if i < len(w) - 1 and d[i] > 0:  # stage i starts by upsampling from stage i+1's resolution
                 ops.append(ResidualBlock(ConvPixelShuffleUpsample(w[i + 1], w[i]),
                                          ChannelDuplicatingUpsample(w[i + 1], w[i])))
             ops += [self.block(i, w[i]) for _ in range(d[i])]
             self.stages.append(OpSequential(ops))
-        # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv.
-        # With depth_list[0] == 0 it is a learned 2x upsample to 3 channels, mirroring the encoder
-        # stem.
+        # Head: norm, act (index 1 holds no parameters but takes a key index), then the last conv,
+        # with depth_list[0] == 0 a learned 2x upsample to 3 channels, mirroring the encoder stem.
         c = w[0] if d[0] > 0 else w[1]
         if d[0] > 0:
             last = ConvLayer(c, cfg.in_channels, 3, bias=True)
@@ -454,12 +385,8 @@ class Decoder(nn.Module):
 
 
 class DCAE(nn.Module):
-    """Deep Compression Autoencoder with the DC-AE 1.5 adaptive (partial-channel) latent.
-
-    encode(x, c') returns the first c' latent channels; decode(z) takes any c' <= c channels and
-    treats the missing ones as zeros. A plain autoencoder: no KL term, no quantisation.
-    """
-
+    """Deep Compression Autoencoder with the DC-AE 1.5 adaptive latent: encode(x, c') gives the first c'
+    channels, decode(z) takes any c' <= c (the missing ones act as zeros). No KL term, no quantisation."""
     PRESETS = DCAE_CONFIGS  # what from_pretrained builds (dcaelib/dcae10.py: DC-AE 1.0's)
     encoder_class, decoder_class = Encoder, Decoder
 
@@ -467,9 +394,7 @@ class DCAE(nn.Module):
         super().__init__()
         self.check_config(cfg)
         self.cfg = cfg
-        # the only two children, so state-dict keys start with "encoder." / "decoder." as in the
-        # official files
-        self.encoder = self.encoder_class(cfg)
+        self.encoder = self.encoder_class(cfg)  # the only children: official keys "encoder.", "decoder."
         self.decoder = self.decoder_class(cfg)
 
     @staticmethod
@@ -495,10 +420,8 @@ class DCAE(nn.Module):
         self.cfg.check_image_size(f"{x.shape[2]}x{x.shape[3]}")
 
     def set_grad_checkpointing(self, enable=True):
-        """Activation checkpointing (timm's name) for every residual block of the encoder's and
-        decoder's stages: each block's activations are recomputed in backward instead of kept.
-        Per block, not per stage: a deep stage holds most of the activations, and its blocks can
-        be recomputed one at a time."""
+        """Activation checkpointing (timm's name) per residual block, not per stage: a deep stage holds
+        most of the activations, and its blocks can be recomputed one at a time."""
         for stage in [*self.encoder.stages, *self.decoder.stages]:
             stage.grad_checkpointing = enable
         return self
@@ -520,18 +443,10 @@ class DCAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x, c_prime=None):
-        """Reconstruct x from its first c' latent channels: D(E(x) * mask_{c,c'}). Returns
-        (x_rec, z). c_prime is one of:
-
-        - None: all c channels (the plain autoencoder, evaluation);
-        - an int: one c' for the batch (train_ae.py's default): the encoder computes only c'
-          channels, the same function as masking, cheaper;
-        - a (B,) tensor: one c' per sample, the full latent masked (EXERCISES.md, exercise 3);
-        - a list of ints [c'_1, c'_2, ...]: one encoder pass (for the largest c') and one decoder
-          pass per c', as the official AE trainer's `num_sample_latent_channels` does; returns
-          ([x_rec_1, x_rec_2, ...], z). A list of (B,) tensors masks the full latent for each
-          (train_ae.py --compile: every step the same shapes, so nothing is compiled again).
-        """
+        """D(E(x) * mask_{c,c'}) -> (x_rec, z). c_prime None: all c channels; an int: one c' for the batch,
+        only c' channels computed; a (B,) tensor: one c' per sample, the full latent masked. A list of
+        these: one encoder pass, a decoder pass each (as the official `num_sample_latent_channels`) ->
+        ([x_rec, ...], z); tensors keep the shapes fixed for train_ae.py --compile."""
         if isinstance(c_prime, (list, tuple)):
             if isinstance(c_prime[0], torch.Tensor):
                 z = self.encode(x)
@@ -548,10 +463,8 @@ class DCAE(nn.Module):
 
     @classmethod
     def from_state_dict(cls, cfg, state_dict):
-        """An autoencoder of `cfg` with these weights, loaded strictly: a missing, unexpected or
-        mis-shaped key is an error that lists the first offenders (`check_state_dict`), never
-        ignored. Keys outside "encoder." / "decoder." (a discriminator, training state) are
-        dropped, as the official loader does; DDP's and torch.compile's prefixes are removed."""
+        """An autoencoder of `cfg` with these weights, loaded strictly (`check_state_dict`). Keys outside
+        "encoder." / "decoder." are dropped, as the official loader does, as are DDP / compile prefixes."""
         sd = autoencoder_state_dict(state_dict)
         ae = cls(cfg)
         check_state_dict(ae, sd)
@@ -560,12 +473,9 @@ class DCAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, weights, preset):
-        """The official weights of `preset` (a name of cls.PRESETS): (ae in eval mode, the latent
-        scaling factor). `weights`: a file (model.safetensors from the Hugging Face repos
-        dc-ai/dc-ae-f32c128-1.5 and dc-ai/dc-ae-f64c128-1.5, or a .pt / .pth) or a state dict.
-        The factor is None where the official code gives none (f32c128-1.5): measure it with
-        `measure_latent_scale` before training a diffusion model.
-        (A diffusers folder or a Hub id: dcaelib.files.load_autoencoder reads those.)"""
+        """(ae in eval mode, latent scaling factor) of a preset; `weights`: a state dict, a .pt or the
+        model.safetensors of the Hugging Face repos dc-ai/dc-ae-f32c128-1.5 / -f64c128-1.5. The factor is
+        None where the official code gives none (f32c128-1.5): measure it with `measure_latent_scale`."""
         if preset not in cls.PRESETS:
             raise ValueError(f"unknown autoencoder preset {preset!r} for {cls.__name__}; choose one "
                              f"of {sorted(cls.PRESETS)}")
@@ -582,19 +492,13 @@ def _as_tuple(value):  # a config value given once for every stage, or one per s
     return value if isinstance(value, (tuple, list)) else (value,)
 
 
-# ==================================================================================================
-# 4. Structured latent space (DC-AE 1.5, Sec. 3)
-# ==================================================================================================
-
+# 4. Structured latent space (DC-AE 1.5, Sec. 3) ---------------------------------------------------
 
 def channel_mask(latent_channels, c_prime, device=None):
-    """mask_{c,c'} = (1 x c', 0 x (c - c')), shaped to broadcast over (B, C, H, W).
-
-    DC-AE 1.5: "we randomly sample c' channels ... and reconstruct from z * mask_{c,c'}", so the
-    front channels must carry the object structure on their own and later channels add detail.
-    c_prime: an int -> mask of shape (1, C, 1, 1); a (B,) tensor -> one mask per sample, (B, C, 1,
-    1).
-    """
+    """mask_{c,c'} = (1 x c', 0 x (c - c')), shaped to broadcast over (B, C, H, W): c_prime an int ->
+    (1, C, 1, 1); a (B,) tensor -> one mask per sample, (B, C, 1, 1). DC-AE 1.5: "we randomly sample c'
+    channels ... and reconstruct from z * mask_{c,c'}", so the front channels must carry the object
+    structure on their own and later channels add detail."""
     c = latent_channels
     if isinstance(c_prime, torch.Tensor):  # per-sample c': one row of the mask per sample
         if c_prime.dim() != 1 or c_prime.min() < 1 or c_prime.max() > c:
@@ -610,11 +514,9 @@ def channel_mask(latent_channels, c_prime, device=None):
 
 
 def default_c_prime_choices(latent_channels):
-    """Candidate values of c': multiples of c/8 up to c (16, 32, ..., 128 for c = 128).
-
-    NOTE: a guess. The official list is unreleased; the official checkpoints of the paper's Figure 3
-    exist for c' in {16, 32, ..., 112, 128}, which suggests this list.
-    """
+    """Candidate values of c': multiples of c/8 up to c (16, 32, ..., 128 for c = 128). NOTE: a guess;
+    the official list is unreleased, but the official checkpoints of the paper's Figure 3 exist for c'
+    in {16, 32, ..., 112, 128}, which suggests it."""
     return sorted({max(1, round(latent_channels * k / 8)) for k in range(1, 9)})
 
 
@@ -626,15 +528,9 @@ def check_c_prime_choices(choices, latent_channels):
     return sorted(set(choices))
 
 
-def sample_c_primes(choices, num_samples=1, always_max=False, always_min_max=False,
-                        generator=None):
-    """The c' values one AE training step reconstructs from, as the official AE trainer draws them.
-
-    num_samples values in all: with always_max the first is the full latent (choices[-1]); with
-    always_min_max the first two are the smallest and the full one (choices[0], choices[-1]); the
-    rest are uniform draws with replacement. With the defaults this is one uniform draw, the same
-    one `sample_c_prime` makes.
-    """
+def sample_c_primes(choices, num_samples=1, always_max=False, always_min_max=False, generator=None):
+    """The c' values one AE step reconstructs from, as the official AE trainer draws them: always_max puts
+    choices[-1] first, always_min_max choices[0] and choices[-1]; the rest are uniform with replacement."""
     fixed = [choices[-1]] if always_max else [choices[0], choices[-1]] if always_min_max else []
     if always_max and always_min_max:
         raise ValueError("always_max and always_min_max exclude each other")
@@ -650,14 +546,10 @@ def sample_c_primes(choices, num_samples=1, always_max=False, always_min_max=Fal
 
 
 def sample_c_prime(choices, batch_size=None, generator=None, device=None):
-    """Draw c' uniformly (with replacement) from `choices`.
-
-    batch_size=None gives one int for the whole batch, as the official trainer does (every sample of
-    a rank shares c'); an int gives a (batch_size,) tensor, one c' per sample. NOTE: one-per-batch
-    vs per-sample is the official AE trainer's option; which the paper used is unknown.
-    """
-    # Draw on the generator's device so that a seeded CPU generator gives the same c' on every
-    # machine.
+    """Draw c' uniformly (with replacement) from `choices`. batch_size=None gives one int for the whole
+    batch, as the official trainer does (every sample of a rank shares c'); an int gives a (batch_size,)
+    tensor, one c' per sample. NOTE: both are the official trainer's options; the paper's is unknown."""
+    # on the generator's device, so that a seeded CPU generator gives the same c' on every machine
     n = 1 if batch_size is None else batch_size
     idx = torch.randint(len(choices), (n,), generator=generator,
                         device=generator.device if generator is not None else "cpu")
@@ -666,28 +558,19 @@ def sample_c_prime(choices, batch_size=None, generator=None, device=None):
     return int(values[0]) if batch_size is None else values.to(device or values.device)
 
 
-# ==================================================================================================
-# 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge), and DC-AE's training phases
-# ==================================================================================================
-
+# 5. Autoencoder loss: L1 + LPIPS + PatchGAN (hinge), and DC-AE's training phases -----------------
 
 VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and so lpips) loads for VGG16
 
 
 def build_lpips(mode="auto"):
-    """The frozen VGG-LPIPS network, or None.
-
-    mode 'off': None. 'on': LPIPS or FileNotFoundError. 'auto': LPIPS if the VGG16 weights are in
-    the torch hub cache or can be downloaded, else None after one warning. The returned net is in
-    eval mode (its dropout off) with requires_grad False, and must not be registered as a submodule
-    of a trained model.
-    """
+    """The frozen VGG-LPIPS net (never a submodule of a trained model) or None. 'off': None; 'on': LPIPS
+    or FileNotFoundError; 'auto': LPIPS if its VGG16 weights are cached or downloadable, else None, warned."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"perceptual mode must be 'auto', 'on' or 'off', got {mode!r}")
     if mode == "off":
         return None
     import lpips  # noqa: imported here so that the module loads without it for inference-only users
-
     path = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
     try:
         with warnings.catch_warnings():
@@ -713,13 +596,8 @@ def freeze(net):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN discriminator (pix2pix / taming layout): one real/fake logit per overlapping patch.
-
-    NOTE: the DC-AE discriminator is unreleased. This is the common VQGAN-style choice, with
-    GroupNorm in place of BatchNorm so that results do not depend on the per-GPU batch size or on
-    DDP ranks.
-    """
-
+    """PatchGAN (pix2pix / taming layout), a logit per patch. NOTE: DC-AE's is unreleased; this is the
+    common VQGAN-style choice, with GroupNorm for BatchNorm so that neither batch size nor ranks matter."""
     def __init__(self, in_channels=3, width=64, n_layers=3):
         super().__init__()
         layers = [nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
@@ -741,15 +619,10 @@ class PatchDiscriminator(nn.Module):
 
 
 class AutoencoderLoss:
-    """l(x, D(z * mask)) = w_l1 * L1 + w_lpips * LPIPS + [step >= gan_start] * w_gan * GAN.
-
-    A plain object, not an nn.Module: the discriminator (trained by its own optimizer) and the
-    frozen LPIPS network live here so that neither is ever a submodule of the autoencoder. NOTE: the
-    official weights and GAN schedule are unreleased (DC-AE trains phase 1-2 with L1 + LPIPS and
-    adds the GAN in phase 3). Defaults here are ours. With adaptive_gan, w_gan is multiplied by
-    VQGAN's balance of the two losses' gradients at the decoder's last layer (`adaptive_weight`).
-    """
-
+    """l(x, D(z * mask)) = w_l1 * L1 + w_lpips * LPIPS + [step >= gan_start] * w_gan * GAN; adaptive_gan
+    multiplies w_gan by VQGAN's `adaptive_weight`. Not an nn.Module, so that the discriminator (its own
+    optimizer) and LPIPS are never submodules of the autoencoder. NOTE: the defaults are ours: the official
+    weights and GAN schedule are unreleased (DC-AE trains phases 1-2 with L1 + LPIPS, adds the GAN in 3)."""
     def __init__(self, discriminator=None, perceptual=None, l1_weight=1.0, lpips_weight=1.0,
                  gan_weight=0.1, gan_start=0, adaptive_gan=False):
         self.discriminator = discriminator
@@ -769,8 +642,7 @@ class AutoencoderLoss:
         terms = {"l1": (x_rec - x).abs().mean()}
         if self.perceptual is not None:  # LPIPS expects [-1, 1], which is our image range
             terms["lpips"] = self.perceptual(x_rec.float(), x.float()).mean()
-        # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit
-        # #143).
+        # NOTE: L1, not L2: DC-AE's authors confirmed "L1 loss and perceptual loss" (efficientvit #143).
         weights = {"l1": self.l1_weight, "lpips": self.lpips_weight}
         loss = sum(weights[k] * v for k, v in terms.items())
         if self.gan_active(step):
@@ -784,10 +656,8 @@ class AutoencoderLoss:
 
     @staticmethod
     def adaptive_weight(rec_loss, gan_loss, last_layer):
-        """VQGAN's balance (Esser et al. 2021, eq. 7): |grad rec| / (|grad gan| + 1e-4), the
-        gradients taken at the decoder's last layer, clipped to [0, 1e4], not differentiated. The GAN
-        term then pulls that layer as hard as the reconstruction does (times gan_weight), whatever
-        the scale of the discriminator's logits."""
+        """VQGAN's balance (Esser et al. 2021, eq. 7), |grad rec| / (|grad gan| + 1e-4) at the last layer,
+        clipped to [0, 1e4]: the GAN pulls it as hard as the reconstruction, whatever the logits' scale."""
         if last_layer is None:
             raise ValueError("the adaptive GAN weight needs the decoder's last layer")
         g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
@@ -795,10 +665,7 @@ class AutoencoderLoss:
         return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
 
     def discriminator_loss(self, x, x_rec, discriminator=None):
-        """Hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))), both halves weighted 1/2.
-
-        `discriminator` overrides self.discriminator, e.g. with its DistributedDataParallel wrapper.
-        """
+        """Hinge loss (mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec)))) / 2; `discriminator`: e.g. DDP's."""
         disc = discriminator if discriminator is not None else self.discriminator
         # One pass over real and fake together (GroupNorm is per sample, so this equals two passes,
         # and DDP sees one forward per backward). detach: this loss trains the discriminator only.
@@ -810,16 +677,15 @@ class AutoencoderLoss:
 #   1. low resolution, reconstruction loss, every layer ("all");
 #   2. high resolution, reconstruction loss, only the layers next to the latent ("middle");
 #   3. low resolution, the GAN loss added, only the decoder's last layers ("head").
-# NOTE: which modules are "middle" and "head" is our reading of the paper, not the official split
-# (the official code is unreleased; efficientvit issue #168 asks and has no answer). Middle: the
-# encoder's deepest stage and output projection, the decoder's input projection and deepest stage.
-# Head: the decoder's highest-resolution stage that has layers, and its output projection. To try
-# another split, change the prefixes `train_part_prefixes` returns.
+# NOTE: which modules are "middle" and "head" is our reading, not the official split (unreleased;
+# efficientvit issue #168 is unanswered): see `train_part_prefixes`, the place to try another split.
 TRAIN_PARTS = ("all", "middle", "head")
 
 
 def train_part_prefixes(ae, part):
-    """Parameter-name prefixes of the part of `ae` that a phase trains ("all": every parameter)."""
+    """Parameter-name prefixes of a part. Middle: the encoder's deepest stage and output projection, the
+    decoder's input projection and deepest stage. Head: the decoder's highest-resolution stage that has
+    layers, and its output projection."""
     if part not in TRAIN_PARTS:
         raise ValueError(f"unknown part {part!r}; choose one of {', '.join(TRAIN_PARTS)}")
 
@@ -834,13 +700,12 @@ def train_part_prefixes(ae, part):
 
 
 def last_decoder_weight(ae):
-    """The weight of the decoder's last convolution: where VQGAN's adaptive GAN weight compares the
-    gradients (it is in every part a phase trains but "middle", which runs no GAN)."""
+    """The decoder's last conv weight, where `adaptive_weight` compares gradients (GAN phases train it)."""
     return [m for m in ae.decoder.project_out.modules() if isinstance(m, nn.Conv2d)][-1].weight
 
 
 def set_trainable(ae, part):
-    """Freeze every parameter of `ae` outside `part`; returns the names of the trained ones."""
+    """Freeze every parameter outside `part`; returns the names of the trained ones."""
     prefixes = train_part_prefixes(ae, part)
     names = []
     for name, param in ae.named_parameters():
@@ -850,10 +715,7 @@ def set_trainable(ae, part):
     return names
 
 
-# ==================================================================================================
-# 6. DiT (Peebles & Xie) with adaLN-Zero
-# ==================================================================================================
-
+# 6. DiT (Peebles & Xie) with adaLN-Zero -----------------------------------------------------------
 
 @dataclass
 class DiTConfig:
@@ -865,8 +727,7 @@ class DiTConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_classes: int = 1000
-    # labels replaced by the null class for classifier-free guidance
-    class_dropout_prob: float = 0.1
+    class_dropout_prob: float = 0.1  # labels replaced by the null class for classifier-free guidance
 
     @classmethod
     def from_dict(cls, d):
@@ -876,7 +737,6 @@ class DiTConfig:
         return asdict(self)
 
 
-# Standard DiT sizes (depth, hidden, heads) plus small ones for tests and the classroom.
 DiT_CONFIGS = {
     "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
@@ -900,10 +760,8 @@ def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
 def timestep_embedding(t, dim, max_period=10000):
     """GLIDE sinusoidal embedding [cos | sin] of (fractional) timesteps t: (B,) -> (B, dim)."""
     half = dim // 2
-    # geometric frequencies from 1 down to 1/max_period, so both slow and fast changes in t are
-    # visible
     k = torch.arange(half, dtype=torch.float32, device=t.device)
-    freqs = torch.exp(-math.log(max_period) * k / half)
+    freqs = torch.exp(-math.log(max_period) * k / half)  # 1 .. 1/max_period: slow and fast changes of t
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -921,15 +779,13 @@ class TimestepEmbedder(nn.Module):
 
 class LabelEmbedder(nn.Module):
     """Class embedding with one extra row, index num_classes: the null label for guidance."""
-
     def __init__(self, num_classes, hidden_size, dropout_prob):
         super().__init__()
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
     def forward(self, y):  # (B,) -> (B, D)
-        # label dropout: learn the unconditional model too
-        if self.training and self.dropout_prob > 0:
+        if self.training and self.dropout_prob > 0:  # label dropout: learn the unconditional model too
             drop = torch.rand(y.shape, device=y.device) < self.dropout_prob
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return self.embedding_table(y)
@@ -944,16 +800,14 @@ class Attention(nn.Module):
 
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
-        # (B, N, 3D) -> 3 x (B, heads, N, D/heads)
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, N, 3D) -> 3 x (B, heads, N, D/heads)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads); flash kernel on GPU
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class DiTBlock(nn.Module):
     """Transformer block; its LayerNorms are modulated by the condition (adaLN), zero-init gates."""
-
     def __init__(self, hidden_size, num_heads, mlp_ratio):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -965,8 +819,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x, c):  # x: (B, N, D), c: (B, D)
-        # the condition regresses a shift, scale and gate for each of the two sub-layers
-        modulation = self.adaLN_modulation(c).chunk(6, dim=1)
+        modulation = self.adaLN_modulation(c).chunk(6, dim=1)  # a shift, scale and gate per sub-layer
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -999,14 +852,9 @@ def sincos_pos_embed_2d(dim, grid_size):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT on a noisy latent x_t; any number of channels.
-
-    It predicts the noise eps (GaussianDiffusion) or the velocity x_0 - eps (FlowMatching): the
-    network is the same, the objective decides what its output means.
-    NOTE: no learned variance (learn_sigma=False): the DDIM sampler does not need it. The official
-    DiT-XL baseline learns sigma with a variational bound term; its SiT-XL does not.
-    """
-
+    """Class-conditional DiT on a noisy latent x_t; it predicts eps (GaussianDiffusion) or the velocity
+    x_0 - eps (FlowMatching), as the objective decides. NOTE: no learned variance (learn_sigma=False),
+    which DDIM does not need; the official DiT-XL baseline learns sigma with a VLB term, its SiT-XL not."""
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D = cfg.hidden_size
@@ -1056,8 +904,7 @@ class DiT(nn.Module):
     def forward(self, x, t, y):  # x: (B, C, H, W), t: (B,), y: (B,) -> eps or v: (B, C, H, W)
         # patchify: a p x p conv with stride p turns each patch into one token; N = (H/p) * (W/p)
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
-        # (B, D): the condition every block is modulated by
-        c = self.t_embedder(t) + self.y_embedder(y)
+        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D): the condition every block is modulated by
         for block in self.blocks:
             x = checkpointed(block, x, c) if self.grad_checkpointing else block(x, c)
         return self.unpatchify(self.final_layer(x, c))
@@ -1081,29 +928,18 @@ def classifier_free_guidance(model, x, t, y, cfg_scale):
     return uncond + cfg_scale * (cond - uncond)
 
 
-# ==================================================================================================
-# 7. Diffusion objectives with augmented diffusion training, and their samplers
-# ==================================================================================================
-#
-# Two objectives, one interface: `training_loss(model, x0, y, c_prime, aug_weight)` and
-# `sample(model, shape, y, steps, method, cfg_scale, c_prime)`.
-#   GaussianDiffusion  DDPM eps-prediction (DiT's objective), sampled with DDIM.
-#   FlowMatching       the linear-interpolant velocity objective of SiT / USiT, which the paper's
-#                      headline DC-AE 1.5 models use, sampled with an Euler or Heun ODE solver.
-# Both train with the same DC-AE 1.5 augmentation, `augmented_training_loss`.
+# 7. Diffusion objectives with augmented diffusion training, and their samplers --------------------
+# Two objectives, one interface (`training_loss`, `sample`), both with `augmented_training_loss`:
+# GaussianDiffusion, DDPM eps-prediction (DiT's) sampled with DDIM, and FlowMatching, SiT / USiT's
+# linear-interpolant velocity (the paper's headline models) sampled with Euler or Heun.
 
-
-def augmented_training_loss(masked_loss, model, x0, y, c_prime=None, aug_weight=1.0,
-                            generator=None):
+def augmented_training_loss(masked_loss, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
     """DC-AE 1.5 augmented diffusion training: (L_full + w * L_masked(c')) / (1 + w).
-
-    `masked_loss(model, x0, y, mask, generator)` is an objective's per-sample loss on the channels a
-    mask keeps (the model sees x_t * mask, the error counts where the mask is 1). With w = 1 this is
-    the official trainer's mean over a full-channel pass and a c' pass of the same latents, each
-    with its own t and noise. Both passes run as one batch of 2B (one forward, as DDP wants). The
-    model is not told c'. c_prime=None (or w = 0) gives the plain objective, the baseline. Returns
-    (loss, {"loss_full", "loss_masked"}).
-    """
+    `masked_loss(model, x0, y, mask, generator)` is an objective's per-sample loss on the channels a mask
+    keeps (the model sees x_t * mask, the error counts where the mask is 1). With w = 1 this is the
+    official trainer's mean over a full-channel pass and a c' pass of the same latents, each with its
+    own t and noise, run as one batch of 2B (one forward, as DDP wants); the model is not told c'.
+    c_prime=None (or w = 0) gives the plain objective. Returns (loss, {"loss_full", "loss_masked"})."""
     if c_prime is None or aug_weight == 0:
         loss_full = masked_loss(model, x0, y, None, generator).mean()
         return loss_full, {"loss_full": loss_full.detach()}
@@ -1117,11 +953,8 @@ def augmented_training_loss(masked_loss, model, x0, y, c_prime=None, aug_weight=
 
 
 def masked_mse(target, prediction, mask):
-    """Per-sample mean squared error over the elements `mask` keeps (c' H W of them), in fp32.
-
-    Normalising by the kept elements (not by C H W) matches the official code, which runs the model
-    on the first c' channels and takes a plain mean.
-    """
+    """Per-sample mean squared error over the elements `mask` keeps (c' H W of them, not C H W), in fp32,
+    as the official code, which runs the model on the first c' channels and takes a plain mean."""
     sq_err = ((target - prediction.float()) * mask).pow(2)
     kept = mask.expand_as(target).sum(dim=(1, 2, 3))  # c' * H * W per sample
     return sq_err.sum(dim=(1, 2, 3)) / kept
@@ -1133,12 +966,8 @@ def guided(model, x, t, y, cfg_scale):
 
 
 class GaussianDiffusion:
-    """DDPM forward process x_t = alpha_t x_0 + sigma_t eps, linear betas 1e-4 .. 0.02, 1000 steps.
-
-    alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), as in DiT / the official
-    GaussianDiffusion. The model predicts eps from (x_t, integer t, y).
-    """
-
+    """DDPM x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, linear betas 1e-4 .. 0.02, 1000 steps,
+    as DiT / the official GaussianDiffusion; the model predicts eps from (x_t, integer t, y)."""
     name = "ddpm"
     methods = ("ddim",)  # samplers; the first is the default
 
@@ -1146,8 +975,7 @@ class GaussianDiffusion:
         self.num_timesteps = num_timesteps
         # float64: 1 - alphabar near t = 0 is ~1e-4 and the cumulative product loses digits in fp32
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        # stays on the CPU; indexed, then cast
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # stays on the CPU; indexed, then cast
 
     def alpha_sigma(self, t, ndim=4):  # t: (B,) long -> alpha_t, sigma_t, broadcastable to x
         abar = self.alphas_cumprod.to(t.device)[t].float().view(-1, *([1] * (ndim - 1)))
@@ -1158,27 +986,21 @@ class GaussianDiffusion:
         return alpha * x0 + sigma * noise
 
     def diffusion_loss(self, model, x0, y, mask=None, generator=None):
-        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,) losses.
-
-        mask=None is the plain DDPM loss. A kept-channel mask (from `channel_mask`, one row or one
-        per sample) gives the DC-AE 1.5 augmented objective.
-        """
+        """||eps * mask - eps_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,). mask=None: the
+        plain loss; a `channel_mask` (one row or one per sample): the DC-AE 1.5 augmented objective."""
         B = x0.shape[0]
         # every sample draws its own t ~ U{0..T-1} and noise
         t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if mask is None:
             mask = torch.ones_like(x0[:1, :, :1, :1])
-        # Masking after noising equals noising the masked latent: the masked channels of x_t are
-        # exactly 0, the input the official code gives its patch embedding when it slices the conv
-        # to c' channels.
+        # Masking after noising equals noising the masked latent: masked channels of x_t are exactly 0,
+        # as the official code's patch embedding sees them when it slices its conv to c' channels.
         x_t = self.q_sample(x0, t, noise) * mask
         return masked_mse(noise, model(x_t, t, y), mask)
 
     def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
-        """See `augmented_training_loss`; returns (loss, {"loss_full", "loss_masked"})."""
-        return augmented_training_loss(self.diffusion_loss, model, x0, y, c_prime, aug_weight,
-                                       generator)
+        return augmented_training_loss(self.diffusion_loss, model, x0, y, c_prime, aug_weight, generator)
 
     def sample(self, model, shape, y, steps=50, method="ddim", cfg_scale=1.0, generator=None,
                c_prime=None, eta=0.0):
@@ -1188,14 +1010,11 @@ class GaussianDiffusion:
         return self.ddim_sample(model, shape, y, steps, eta, cfg_scale, generator, c_prime)
 
     @torch.no_grad()
-    def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None,
-                    c_prime=None):
+    def ddim_sample(self, model, shape, y, steps=50, eta=0.0, cfg_scale=1.0, generator=None, c_prime=None):
         """DDIM (Song et al. eq. 12) from pure noise to x_0: eta=0 deterministic, eta=1 ancestral.
-
-        cfg_scale != 1 applies classifier-free guidance over all channels. c_prime=c'
-        generates only the first c' channels (the rest stay exactly 0), to show what the object
-        channels alone encode. Returns latents of `shape` in the diffusion model's (scaled) space.
-        """
+        cfg_scale != 1 applies classifier-free guidance over all channels. c_prime=c' generates only
+        the first c' channels (the rest stay exactly 0), to show what the object channels alone
+        encode. Returns latents of `shape` in the diffusion model's (scaled) space."""
         B, C = shape[0], shape[1]
         device = y.device
         if not (1 <= steps <= self.num_timesteps):
@@ -1204,7 +1023,6 @@ class GaussianDiffusion:
         # it was trained on by the augmented objective, and the decoder zero-fills the rest anyway.
         mask = channel_mask(C, c_prime if c_prime is not None else C, device=device)
         x = torch.randn(shape, generator=generator, device=device) * mask
-        # `steps` timesteps evenly spread over [T-1, 0], from pure noise down to (almost) clean
         ts = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64)
         ts = ts.round().long().tolist()
         abar = self.alphas_cumprod
@@ -1213,11 +1031,9 @@ class GaussianDiffusion:
             eps = guided(model, x, t_batch, y, cfg_scale).float() * mask
             a_t = abar[t].item()
             a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0  # the last lands on x_0
-            # predicted clean latent; not clipped, since latents have no fixed range (official:
-            # clip_denoised=False)
+            # predicted clean latent, not clipped: latents have no fixed range (official: clip_denoised=False)
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            # DDIM eq. 16: eta interpolates between the deterministic ODE path (0) and DDPM's
-            # posterior noise (1)
+            # DDIM eq. 16: eta interpolates between the deterministic ODE path (0) and DDPM's posterior (1)
             sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
             x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
             if sigma > 0:
@@ -1226,23 +1042,16 @@ class GaussianDiffusion:
 
 
 class FlowMatching:
-    """Flow matching with the linear interpolant: x_t = t * x_0 + (1 - t) * eps.
-
-    t = 0 is pure noise and t = 1 is data (SiT's "Linear" path, the official `SiTSampler` of the
-    USiT models). The model predicts the velocity dx_t/dt = x_0 - eps from (x_t, t, y), with the
-    float t in [0, 1] fed to the DiT's sinusoidal embedding as it is (no x1000), as the official
-    code does. Sampling integrates the ODE dx/dt = v(x, t) from t = 0 to t = 1.
-    """
-
+    """Flow matching with the linear interpolant x_t = t * x_0 + (1 - t) * eps, t = 0 noise, t = 1 data
+    (SiT's "Linear" path, as the official USiT `SiTSampler`). The model predicts the velocity x_0 - eps
+    from (x_t, t, y), the float t in [0, 1] embedded as it is (no x1000), as the official code does."""
     name = "flow"
     methods = ("heun", "euler")  # samplers; the first is the default
 
     def flow_loss(self, model, x0, y, mask=None, generator=None):
         """||(x_0 - eps) * mask - v_theta(x_t * mask, t) * mask||^2 over the kept elements; (B,).
-
         t ~ U[0, 1) for every sample (uniform, as the official SiT training path). mask as in
-        GaussianDiffusion.diffusion_loss: None is the plain loss, a channel mask the augmented one.
-        """
+        GaussianDiffusion.diffusion_loss: None is the plain loss, a channel mask the augmented one."""
         B = x0.shape[0]
         t = torch.rand(B, generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -1253,21 +1062,16 @@ class FlowMatching:
         return masked_mse(x0 - noise, model(x_t, t, y), mask)
 
     def training_loss(self, model, x0, y, c_prime=None, aug_weight=1.0, generator=None):
-        """See `augmented_training_loss`; returns (loss, {"loss_full", "loss_masked"})."""
         return augmented_training_loss(self.flow_loss, model, x0, y, c_prime, aug_weight, generator)
 
     @torch.no_grad()
-    def sample(self, model, shape, y, steps=50, method="heun", cfg_scale=1.0, generator=None,
-               c_prime=None):
+    def sample(self, model, shape, y, steps=50, method="heun", cfg_scale=1.0, generator=None, c_prime=None):
         """Integrate dx/dt = v(x, t) from noise (t = 0) to data (t = 1) in `steps` equal intervals.
-
         method "euler": x += dt v(x, t) (one model call per interval). "heun" (second order, two
         calls): an Euler step to x', then x += dt (v(x, t) + v(x', t + dt)) / 2. cfg_scale and
-        c_prime as in GaussianDiffusion.ddim_sample.
-        NOTE: the official USiT sampler is adaptive dopri5 (torchdiffeq, atol 1e-6, rtol 1e-3);
-        fixed steps of Heun's method are our simplification (no extra package, a known cost per
-        sample).
-        """
+        c_prime as in GaussianDiffusion.ddim_sample. NOTE: the official USiT sampler is adaptive
+        dopri5 (torchdiffeq, atol 1e-6, rtol 1e-3); fixed steps of Heun's method are our
+        simplification (no extra package, a known cost per sample)."""
         if method not in self.methods:
             raise ValueError(f"a flow-matching model samples with {' or '.join(self.methods)}, "
                              f"not {method!r}")
@@ -1303,48 +1107,33 @@ def build_objective(name):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA, as the official code trains and samples (fp16 overflows in large conv
-    nets); off on the CPU, where everything stays fp32."""
+    """bf16 autocast on CUDA, as the official code (fp16 overflows in large conv nets); off on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
 
 
 @torch.no_grad()
 def generate(model, ae, latent_scale, y, generator, objective, steps=50, method=None,
              cfg_scale=1.0, c_prime=None, **sampler_options):
-    """Class-conditional images for labels y: sample latents, unscale them, decode.
-
-    `objective` names the model's training objective ("ddpm" or "flow"; a train_dit.py checkpoint
-    says which in its "objective"): it has no default, since sampling a flow model with DDIM, or
-    the reverse, gives wrong images without any error. `method` is its sampler
-    (default: the objective's first, DDIM or Heun). sampler_options: eta for DDIM. Returns
-    (B, 3, H, W) images in about [-1, 1], unclamped (to uint8 they clamp). The DiT runs under
-    bf16 autocast on CUDA; the decoder in fp32, the official default. sample.py, train_dit.py's
-    sample grids and evaluate.py all call this, so they make the same images from the same
-    generator.
-    """
+    """Images (B, 3, H, W), about [-1, 1], unclamped, for labels y: sample latents, unscale, decode (the
+    DiT in bf16 on CUDA, the decoder in fp32 as officially). `objective` ("ddpm" or "flow", as its
+    checkpoint says) has no default: the wrong one gives wrong images without error. `method`: default
+    the objective's first; sampler_options: eta for DDIM. sample.py, train_dit.py and evaluate.py all
+    call this: the same generator gives them the same images."""
     objective = build_objective(objective)
     config = model.cfg
     shape = (len(y), config.in_channels, config.input_size, config.input_size)
     with autocast(y.device):
         z = objective.sample(model, shape, y, steps=steps, method=method or objective.methods[0],
-                             cfg_scale=cfg_scale, generator=generator,
-                             c_prime=c_prime, **sampler_options)
+                             cfg_scale=cfg_scale, generator=generator, c_prime=c_prime, **sampler_options)
     if c_prime is not None:  # the rest is 0; the adaptive input conv zero-fills it anyway
         z = z[:, :c_prime]
     return ae.decode(z.float() / latent_scale)
 
 
-# ==================================================================================================
-# 8. Weights and the latent scale
-# ==================================================================================================
-#
-# The module tree above mirrors the official one, so an official state dict loads with strict=True
-# and no renaming (DCAE.from_pretrained).
-
+# 8. Weights and the latent scale ------------------------------------------------------------------
 
 def read_weights(path):
-    """The tensors of a weights file: .safetensors (needs the package safetensors), or a .pt / .pth
-    holding {"state_dict": ...} or a state dict. One of the project's checkpoints comes back whole."""
+    """The tensors of a .safetensors, .pt or .pth file (a project checkpoint comes back whole)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"autoencoder weights not found: {path}")
     if str(path).endswith(".safetensors"):
@@ -1370,14 +1159,12 @@ def read_weights(path):
 
 
 def autoencoder_state_dict(state_dict):
-    """The autoencoder's entries of a state dict: keys under "encoder." / "decoder." (a training
-    file may also hold a discriminator or optimiser state, which the official loader drops too)."""
+    """The "encoder." / "decoder." entries (not a discriminator's or optimiser's, as officially)."""
     return {k: v for k, v in unwrapped(state_dict).items() if k.startswith(("encoder.", "decoder."))}
 
 
 def unwrapped(state_dict):
-    """A state dict without the key prefixes that DDP ("module.") and torch.compile ("_orig_mod.")
-    add, so that a wrapped model's weights load into the bare one."""
+    """A state dict without the key prefixes DDP ("module.") and torch.compile ("_orig_mod.") add."""
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
 
 
@@ -1386,8 +1173,7 @@ def check_state_dict(model, state_dict, max_listed=5):
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items()
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
     problems = []
     for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
