@@ -658,7 +658,8 @@ def read_npy_rows(fh, shape, dtype, start, count):
     """Rows [start, start + count) of an .npy file open at its data offset + start's position."""
     count = min(count, shape[0] - start)
     row = int(np.prod(shape[1:])) * dtype.itemsize
-    return np.frombuffer(fh.read(count * row), dtype=dtype).reshape(count, *shape[1:])
+    # a bytearray, not bytes: the rows stay writable, as torch.from_numpy expects
+    return np.frombuffer(bytearray(fh.read(count * row)), dtype=dtype).reshape(count, *shape[1:])
 
 
 def npz_from_npy(path, members, chunk=1 << 26):
