@@ -5,8 +5,9 @@ a run over a baseline run (the paper's title claim, faster diffusion convergence
 A point of a curve is one checkpoint that train_dit.py --save-every kept (step_NNNNNNN.pt, and
 last.pt), sampled and scored by the class judge (judge.py), with FID when the Inception weights are
 there. Each point is cached in its run's curve/ folder, so after a run grows only its new points cost
-time. The speed-up is baseline steps / the step where a curve first reaches the baseline's final
-value. evaluate.py's `curve` prints the table and writes the CSV and the plot.
+time. The speed-up is measured at matched quality, with a 90 % interval over independent seed pairs
+(`matched_speedup`; RESULTS.md, "Convergence", states the protocol). evaluate.py's `curve` prints the
+table and writes the CSV and the plot.
 """
 
 import csv
