@@ -134,3 +134,27 @@ def test_quickstart_smoke_run(tmp_path):
     assert len(new) == 1 and new[0].endswith(f"--out {smoke}/dit --resume"), \
         "the second call should resume dit only and skip the rest; it ran:\n" + "\n".join(new)
     assert (smoke / "dit" / "done").is_file()
+
+
+def test_first_look_smoke_run(tmp_path):
+    """The README's first look at a few steps each: both AEs, the DiT, the reconstructions, the judge and
+    the samples, then one picture (the reconstruction grid beside the samples) and the numbers, which
+    agree with the JSON files they come from."""
+    from PIL import Image
+
+    script = os.path.join(EXPERIMENTS, "first_look.sh")
+    env = study_env(tmp_path, SMOKE="1", PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"SMOKE=1 bash experiments/first_look.sh failed:\n{proc.stderr[-4000:]}"
+    out = tmp_path / "first_look_smoke"
+    recon = json.loads((out / "recon.json").read_text())["results"]
+    share = json.loads((out / "classes.json").read_text())["samples"]["4.0"]["share"]
+    text = (out / "first_look.txt").read_text()
+    assert text.strip() in proc.stdout
+    assert f"structured {recon['model']['1']['psnr']:.1f} dB, plain {recon['baseline']['1']['psnr']:.1f} dB" in text
+    assert f"guidance 4): {share:.0%} (chance 10%" in text
+    left = Image.open(out / "recon.png")
+    right = Image.open(out / "dit" / "sample_seed0.png")
+    picture = Image.open(out / "first_look.png")
+    assert picture.size == (left.width + 20 + right.width, 20 + max(left.height, right.height))
+    assert left.width == 2 + 9 * (64 + 2)  # the original, then c' = 1, 2, 4, 8 for each AE, 64 px
