@@ -235,7 +235,7 @@ def build_training(cfg, args, device, resume_ckpt=None):
     no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999))
+                            lr=args.lr, betas=tuple(args.adam_betas))
     if resume_ckpt is not None:
         trainer.load_optimizer_state(model, opt, resume_ckpt["opt"], args.fsdp)
     return Training(model, ema, opt, dcae15.build_objective(args.objective))
@@ -411,6 +411,8 @@ def build_parser():
     p.add_argument("--lr", type=cli.positive, default=1e-3,
                    help="AdamW learning rate; 1e-3 suits the small classroom DiT (official DiT-XL: "
                         "1e-4 at batch 256)")
+    p.add_argument("--adam-betas", type=cli.betas, default=[0.9, 0.999],
+                   help="AdamW's (beta1, beta2): DiT's 0.9,0.999 (the official U-ViT / USiT: 0.99,0.99)")
     p.add_argument("--sample-steps", type=cli.positive_int, default=50,
                    help="sampler steps of the periodic sample grid (DDIM, or Heun for flow)")
     p.add_argument("--cfg-scale", type=cli.finite, default=4.0,

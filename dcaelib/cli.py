@@ -111,6 +111,21 @@ fraction = _number(float, 0, 1)
 finite = _number(float)
 
 
+def betas(text):
+    """Adam's (beta1, beta2) as "B1,B2", each in [0, 1)."""
+    values = [v for v in text.split(",") if v.strip()]
+    try:
+        pair = [float(v) for v in values]
+    except ValueError:
+        pair = []
+    if len(pair) != 2 or not all(0 <= v < 1 for v in pair):
+        raise argparse.ArgumentTypeError(f"{text} is not two numbers B1,B2 in [0, 1), e.g. 0.9,0.999")
+    return pair
+
+
+betas.range = "B1,B2 in [0, 1)"
+
+
 def every(zero_means="off"):
     """An interval in steps: a positive int, or 0 for `zero_means`."""
     return _number(int, 0, zero_means=zero_means)

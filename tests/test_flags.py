@@ -86,3 +86,18 @@ def test_resume_keeps_the_runs_flags_and_says_which(trained_ae, tmp_path):
     proc = run_script("train_dit.py", [*dit_args(trained_ae, out, 3), "--resume"])
     assert "--resume: continuing with the run's own" in proc.stdout and "--objective ddpm" in proc.stdout
     assert os.path.isfile(out / "last.pt")
+
+
+def test_adam_betas_reach_the_optimiser(trained_ae, tmp_path):
+    """--adam-betas sets AdamW's betas (the U-ViT recipe's 0.99,0.99); a malformed pair is one line."""
+    import torch
+
+    run_script("train_dit.py", dit_args(trained_ae, tmp_path / "a", 2, ["--adam-betas", "0.99,0.99"]))
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert ckpt["args"]["adam_betas"] == [0.99, 0.99]
+    assert all(tuple(g["betas"]) == (0.99, 0.99) for g in ckpt["opt"]["param_groups"])
+    for bad in ("0.9", "0.9,1", "a,b"):
+        flags = dit_args(trained_ae, tmp_path / "b", 2, ["--adam-betas", bad])
+        proc = run_script("train_dit.py", flags, check=False)
+        assert proc.returncode != 0 and "argument --adam-betas" in proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "b").exists()
