@@ -13,8 +13,8 @@ Evaluate autoencoders and generators: rFID, PSNR, SSIM, LPIPS, the partial-chann
     # quality against training step of DiT runs kept with --save-every, and the speed-up factor
     python evaluate.py curve --run plain=runs/dit-plain --run augmented=runs/dit
 
-FID is pytorch-fid compatible (dcaelib/fid.py: torchvision's Inception v3 with the TF-graph pooling changes and
-the FID weights pt_inception-2015-12-05-6726825d.pth; uint8 images, bilinear resize to 299, 2048-d pool
+FID is pytorch-fid compatible (dcaelib/fid.py: torchvision's Inception v3 with the TF-graph pooling changes
+and the FID weights pt_inception-2015-12-05-6726825d.pth; uint8 images, bilinear resize to 299, 2048-d pool
 features; statistics accumulated in float64 as running sums, mergeable across ranks).
 Run `python evaluate.py SUBCOMMAND --help`.
 """
@@ -37,7 +37,8 @@ from dcaelib.fid import (FID_WEIGHTS_FILE, FeatureStats, build_inception, find_i
                          frechet_distance, load_stats)
 from dcaelib.judge import (dataset_judge, judge_accuracy, judge_samples, judge_stats, reconstructions,
                            validation_images)
-from dcaelib.metrics import build_lpips_alex, dataset_stats, maybe_inception, num_first, recon_metrics
+from dcaelib.metrics import (TAIL_WAYS, build_lpips_alex, dataset_stats, maybe_inception, num_first,
+                             recon_metrics, tail_metrics)
 from dcaelib import cli, curves, data, distributed, files, pictures, sampling, tiling
 
 
@@ -75,6 +76,11 @@ def cmd_recon(args, rank, world, device):
     if baseline is not None and baseline.latent_channels != C:
         raise ValueError(f"--baseline-ckpt has {baseline.latent_channels} latent channels, "
                          f"--ae-ckpt {C}")
+    if not 0 <= args.tail_from < C:
+        raise ValueError(f"--tail-from {args.tail_from}: the channels after the first K, with K below "
+                         f"the {C} latent channels")
+    if args.tail_from and world > 1:
+        raise ValueError("--tail-from runs in one process; start evaluate.py recon with python")
     check_folder("--grid", args.grid)
     dataset = data.build_dataset(args.data, args.split, args.image_size, args.data_path, args.seed,
                                  skip_bad=args.skip_bad_images)
@@ -109,8 +115,27 @@ def cmd_recon(args, rank, world, device):
                   + ", then ".join(f"{name} at c' = {','.join(map(str, channel_list))}"
                                    for name in columns))
         results = {name: {str(c): row for c, row in col.items()} for name, col in columns.items()}
-        return {"command": "recon", "ae_ckpt": args.ae_ckpt, "baseline_ckpt": args.baseline_ckpt,
-                "num_images": n, "tile_size": args.tile_size, "results": results}
+        out = {"command": "recon", "ae_ckpt": args.ae_ckpt, "baseline_ckpt": args.baseline_ckpt,
+               "num_images": n, "tile_size": args.tile_size, "results": results}
+        if args.tail_from:
+            out["tail"] = tail_table(args, {"model": ae, "baseline": baseline}, dataset, lpips_net, n, device)
+        return out
+
+
+def tail_table(args, models, dataset, lpips_net, n, device):
+    """recon --tail-from K: the table and results of `metrics.tail_metrics` for each model."""
+    k = args.tail_from
+    tail = {name: tail_metrics(m, dataset, k, args.num_images, args.batch_size, device, lpips_net,
+                                       args.seed)
+            for name, m in models.items() if m is not None}
+    print(f"the full latent with channels {k + 1}-{next(iter(models.values())).latent_channels} kept, "
+          f"zeroed, replaced by their mean over the {n} images, or shuffled between them:")
+    keys = list(next(iter(next(iter(tail.values())).values())))
+    print(f"{'':>10} | " + " | ".join(f"{name} {key:>6}" for name in tail for key in keys))
+    for way in TAIL_WAYS:
+        print(f"{way:>10} | " + " | ".join(f"{tail[name][way][key]:>{len(name) + 7}.4f}"
+                                           for name in tail for key in keys))
+    return tail
 
 
 # ==================================================================================================
@@ -329,6 +354,9 @@ def build_parser():
                    help="rFID (needs the Inception weights)")
     r.add_argument("--lpips", default="auto", choices=["auto", "on", "off"],
                    help="LPIPS-AlexNet (needs its weights)")
+    r.add_argument("--tail-from", type=cli.count, default=0,
+                   help="also: the full latent with the channels after the first K kept, zeroed, "
+                        "replaced by their mean over the images, or shuffled between images (0: off)")
     r.add_argument("--grid", default=None,
                    help="also save a PNG of the first 8 images: the original, then the "
                         "reconstructions of the model (and the baseline) for each c'")

@@ -179,3 +179,34 @@ def recon_metrics(ae, dataset, channel_list, num_images, batch_size, device, inc
             row["rfid"] = frechet_distance(*stats[c].all_reduce().mu_sigma(), *ref_stats)
         results[c] = row
     return results
+
+
+TAIL_WAYS = ("kept", "zeroed", "mean", "shuffled")
+
+
+@torch.no_grad()
+def tail_metrics(ae, dataset, start, num_images, batch_size, device, lpips_net=None, seed=0):
+    """What the latent channels from `start` on carry: {way: {psnr, ssim, lpips?}} of the full latent's
+    reconstruction with those channels kept, zeroed (the first `start` channels alone), replaced by their
+    mean over the images (what every image shares), and shuffled between images (right statistics, wrong
+    image). One process; the latents of all `num_images` images are held at once."""
+    x = torch.cat([b for b, _ in image_batches(dataset, num_images, batch_size)])
+    z = torch.cat([ae.encode(b.to(device)) for b in x.split(batch_size)])
+    perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed)).to(device)
+    tails = {"kept": z[:, start:], "zeroed": torch.zeros_like(z[:, start:]),
+             "mean": z[:, start:].mean(0, keepdim=True).expand_as(z[:, start:]), "shuffled": z[perm, start:]}
+    results = {}
+    for way, tail in tails.items():
+        sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
+        for i in range(0, len(z), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            rec = ae.decode(torch.cat([z[i:i + batch_size, :start], tail[i:i + batch_size]], 1)).clamp(-1, 1)
+            r8, x8 = pictures.to_uint8(rec), pictures.to_uint8(xb)
+            sums["psnr"] += psnr(rec, xb).sum().item()
+            sums["ssim"] += ssim(r8, x8).sum().item()
+            if lpips_net is not None:
+                sums["lpips"] += lpips_net(pictures.from_uint8(r8), pictures.from_uint8(x8)).sum().item()
+        if lpips_net is None:
+            sums.pop("lpips")
+        results[way] = {k: v / len(z) for k, v in sums.items()}
+    return results

@@ -200,3 +200,25 @@ def test_npy_rows_npz_assembly_and_batched_reading(tmp_path):
     assert np.array_equal(np.concatenate(list(files.npz_batches(str(tmp_path / "c.npz"), batch_size=4))), a)
     with pytest.raises(ValueError, match="has no array 'arr_2'"):
         next(files.npz_batches(npz, "arr_2"))
+
+
+def test_tail_from_keeps_zeroes_averages_and_shuffles_the_last_channels(tmp_path, trained_ae):
+    """recon --tail-from K: "kept" is the full latent's reconstruction and "zeroed" the first K channels'
+    (the adaptive input conv zero-fills), to the last digit of the c' table; the mean over one image is
+    that image's own tail, so with one image all four ways agree."""
+    out_json = str(tmp_path / "recon.json")
+    common = ["--ae-ckpt", trained_ae, "--image-size", "16", "--c-primes", "4,8", "--lpips", "off",
+              "--fid", "off", "--tail-from", "4", "--json", out_json]
+    proc = run(["recon", "--num-images", "6", *common])
+    assert proc.returncode == 0, proc.stderr
+    result = json.load(open(out_json))
+    tail, per_c = result["tail"]["model"], result["results"]["model"]
+    assert abs(tail["kept"]["psnr"] - per_c["8"]["psnr"]) < 1e-9
+    assert abs(tail["zeroed"]["psnr"] - per_c["4"]["psnr"]) < 1e-9
+    assert tail["shuffled"]["psnr"] != tail["kept"]["psnr"]  # six images, other images' channels
+    assert "replaced by their mean" in proc.stdout
+    proc = run(["recon", "--num-images", "1", *common])
+    one = json.load(open(out_json))["tail"]["model"]
+    assert one["mean"] == one["shuffled"] == one["kept"] != one["zeroed"]
+    proc = run(["recon", "--ae-ckpt", trained_ae, "--image-size", "16", "--tail-from", "8"])
+    assert proc.returncode != 0 and "--tail-from 8" in proc.stderr and "Traceback" not in proc.stderr
