@@ -136,6 +136,7 @@ def test_quickstart_smoke_run(tmp_path):
     assert (smoke / "dit" / "done").is_file()
 
 
+@pytest.mark.slow  # a minute: CI runs it with the slow tests (pytest -m slow)
 def test_first_look_smoke_run(tmp_path):
     """The README's first look at a few steps each: both AEs, the DiT, the reconstructions, the judge and
     the samples, then one picture (the reconstruction grid beside the samples) and the numbers, which
