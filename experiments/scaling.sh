@@ -11,6 +11,7 @@
 #   bash experiments/scaling.sh                          # DiT and U-ViT, every size (about 20 h on 2 cores)
 #   NETS=DiT SIZES=L SEEDS=1 bash experiments/scaling.sh # one size, one seed pair
 #   ARMS=sae-plain NETS=DiT SIZES=L bash experiments/scaling.sh  # the structured AE + plain DiT arm
+#   UVIT_FLAGS="--adam-betas 0.99,0.99 --grad-clip 0" ... # the U-ViT's recipe (experiments/uvit_recipe.sh)
 #   CURVE=0 ...                                          # train only, judge later
 #   DRY_RUN=1 bash experiments/scaling.sh                # print the commands
 # Run it from a git worktree of one commit (lib.sh sets OMP_NUM_THREADS=1: the AEs and the judge train bit
@@ -28,12 +29,13 @@ autoencoders $R
 for net in ${NETS:-DiT UViT}; do
   for size in ${SIZES:-S M L}; do
     model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
+    extra=(); if [ $net = UViT ]; then extra=(${UVIT_FLAGS:-}); fi  # the recipe uvit_recipe.sh chose
     jobs_running=0
     for s in ${SEEDS:-0 1 2}; do  # two commands at a time (one thread each)
       for arm in ${ARMS:-base 15}; do
         out=$S/$net-$size-$arm-s$s
         train $out python train_dit.py --ae-ckpt ${AE[$arm]}/last.pt ${FLAGS[$arm]} --model $model \
-            "${BUDGET[@]}" --seed $s "${CACHE[@]}" --out $out &
+            "${BUDGET[@]}" "${extra[@]}" --seed $s "${CACHE[@]}" --out $out &
         jobs_running=$((jobs_running + 1))
         if [ $jobs_running = 2 ]; then wait_all; jobs_running=0; fi
       done
