@@ -14,12 +14,10 @@ S=$RUNS/c_prime_sampling
 declare -A WAY=([default]="" [halves]="--latent-channel-choices 32,64" [plain]="--no-structured"
                 [full-always]="--num-sample-latent-channels 2 --always-sample-max-channel")
 WAYS="default halves full-always plain"
-jobs_running=0
 for s in ${SEEDS:-0 1}; do
   for way in $WAYS; do  # two commands at a time (one thread each)
     train $S/$way-s$s python train_ae.py ${WAY[$way]} --seed $s --out $S/$way-s$s &
-    jobs_running=$((jobs_running + 1))
-    if [ $jobs_running = 2 ]; then wait_all; jobs_running=0; fi
+    two_at_a_time
   done
 done
 wait_all

@@ -21,13 +21,11 @@ autoencoders $R
 declare -A AE=([base]=$R/ae-plain [15]=$R/ae [sae-plain]=$R/ae)
 declare -A FLAGS=([base]=--no-augmented [15]= [sae-plain]=--no-augmented)
 declare -A LABEL=([base]="DC-AE" [15]="DC-AE 1.5" [sae-plain]="structured AE + plain DiT")
-jobs_running=0
 for s in ${SEEDS:-0 1 2}; do  # two commands at a time (one thread each)
   for arm in ${ARMS:-base 15 sae-plain}; do
     train $R/dit-$arm-s$s python train_dit.py --ae-ckpt ${AE[$arm]}/last.pt ${FLAGS[$arm]} "${LONG[@]}" \
         --seed $s "${CACHE[@]}" --out $R/dit-$arm-s$s &
-    jobs_running=$((jobs_running + 1))
-    if [ $jobs_running = 2 ]; then wait_all; jobs_running=0; fi
+    two_at_a_time
   done
 done
 wait_all

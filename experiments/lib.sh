@@ -66,8 +66,15 @@ always() {
 
 wait_all() {  # wait for the commands started with &; fail if any failed
   local rc=0 pid
+  started=0
   for pid in $(jobs -p); do wait "$pid" || rc=1; done
   return $rc
+}
+
+started=0
+two_at_a_time() {  # call after each command started with &: the second of a pair waits for both
+  started=$((started + 1))
+  if [ $started = 2 ]; then wait_all; fi
 }
 
 autoencoders() {  # autoencoders DIR [FLAGS...]: the quick start's pair, DIR/ae (structured) and

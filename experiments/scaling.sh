@@ -30,14 +30,12 @@ for net in ${NETS:-DiT UViT}; do
   for size in ${SIZES:-S M L}; do
     model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
     extra=(); if [ $net = UViT ]; then extra=(${UVIT_FLAGS:-}); fi  # the recipe uvit_recipe.sh chose
-    jobs_running=0
     for s in ${SEEDS:-0 1 2}; do  # two commands at a time (one thread each)
       for arm in ${ARMS:-base 15}; do
         out=$S/$net-$size-$arm-s$s
         train $out python train_dit.py --ae-ckpt ${AE[$arm]}/last.pt ${FLAGS[$arm]} --model $model \
             "${BUDGET[@]}" "${extra[@]}" --seed $s "${CACHE[@]}" --out $out &
-        jobs_running=$((jobs_running + 1))
-        if [ $jobs_running = 2 ]; then wait_all; jobs_running=0; fi
+        two_at_a_time
       done
     done
     wait_all
@@ -75,9 +73,6 @@ def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 
             loss, _ = dcae15.FlowMatching().training_loss(model, z, y, c_prime=32 if augmented else None)
             loss.backward()
     return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
-def interval(v, ci, n):
-    return f"{v:.2f}x ({n} pair{'s' if n > 1 else ''}: no interval)" if ci is None else \
-        f"{v:.2f}x (90 % interval {ci[0]:.2f}-{ci[1]:.2f}, {n} pairs)"
 lines = ["| backbone | params | TFLOP / 4400 steps (DC-AE / 1.5) | judge FD g1 at step 4400, DC-AE / 1.5 (seeds' mean) "
          "| speed-up at matched quality | against the next smaller size |", "|---|---|---|---|---|---|"]
 points = []
@@ -105,7 +100,7 @@ for net in ("DiT", "UViT"):
                 ("" if ci[0] > 1 or ci[1] < 1 else ": no change at this precision")
         below = logs
         lines.append(f"| {model} | {params / 1e6:.2f} M | {plain * 4400 / 1e12:.1f} / {augmented * 4400 / 1e12:.1f} | "
-                     f"{fd[0]:.2f} / {fd[1]:.2f} | **{interval(m['estimate'], m['ci90'], m['n_pairs'])}** | {change} |")
+                     f"{fd[0]:.2f} / {fd[1]:.2f} | **{curves.format_matched(m)}** | {change} |")
         points.append((net, params, m))
 open(os.path.join(S, "scaling.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -14,7 +14,6 @@ R=$RUNS
 S=$R/uvit_recipe
 autoencoders $R
 RUNS_FLAGS=()
-jobs_running=0
 for betas in 0.9,0.999 0.99,0.99; do
   for lr in 1e-3 3e-4; do
     for clip in 1 0; do  # two commands at a time (one thread each)
@@ -23,8 +22,7 @@ for betas in 0.9,0.999 0.99,0.99; do
           --max-steps 4400 --save-every 1100 --adam-betas $betas --lr $lr --grad-clip $clip --seed 0 \
           --cache-dir $R/latent_cache --out $out &
       RUNS_FLAGS+=(--run "betas $betas lr $lr clip $clip=$out")
-      jobs_running=$((jobs_running + 1))
-      if [ $jobs_running = 2 ]; then wait_all; jobs_running=0; fi
+      two_at_a_time
     done
   done
 done
