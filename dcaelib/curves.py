@@ -311,6 +311,44 @@ def speedups(summary, baseline, metric):
     return result
 
 
+SCALING_FIELDS = ("backbone", "arm", "seeds", "fd_g1", "share_g1", "speedup", "ci90_low", "ci90_high",
+                  "pairs", "bounds", "band_worst", "band_best", "vs_smaller", "vs_smaller_low",
+                  "vs_smaller_high")
+
+
+def scaling_rows(studies, baseline="DC-AE", metric="fd_g1"):
+    """assets/scaling.csv's rows, one per backbone and arm, from one curve CSV per model size.
+    studies: [(family, backbone, csv path)], each family's sizes from small to large. An arm's row
+    holds its seeds, its mean judge FD and share at the last step, its speed-up over `baseline` at
+    matched quality with the 90 % interval, and the ratio of that speed-up to the one of the next
+    smaller size in `studies` of the same family, with Welch's 90 % interval (blank where either rests
+    on one pair)."""
+    rows, smaller = [], {}
+    for family, backbone, path in studies:
+        data, metrics = read_curve_csv(path)
+        summary = summarise(data, metrics)
+        if baseline not in summary:
+            raise ValueError(f"{path} has no {baseline!r} rows: every size needs the baseline arm")
+        for arm, s in summary.items():
+            row = {"backbone": backbone, "arm": arm, "seeds": len(s["runs"]),
+                   "fd_g1": round(s[metric]["mean"][-1], 2), "share_g1": round(s["share_g1"]["mean"][-1], 3)
+                   if "share_g1" in s else ""}
+            m = None if arm == baseline else matched_speedup(summary, baseline, arm, metric)
+            if m is not None:
+                low, high = m["ci90"] or ("", "")
+                row.update(speedup=round(m["estimate"], 3), ci90_low=low and round(low, 3),
+                           ci90_high=high and round(high, 3), pairs=m["n_pairs"], bounds=m["bounds"],
+                           band_worst=round(m["band"][0], 2), band_best=round(m["band"][1], 2))
+                logs, below = np.array(m["log_speedups"]), smaller.get((family, arm))
+                if below is not None and len(logs) > 1 and len(below) > 1:
+                    ratio, ci = difference_interval(logs, below)
+                    row.update(vs_smaller=round(float(ratio), 3), vs_smaller_low=round(float(ci[0]), 3),
+                               vs_smaller_high=round(float(ci[1]), 3))
+                smaller[(family, arm)] = logs
+            rows.append(row)
+    return rows
+
+
 def curve_text(summary, metrics, speed, baseline, metric):
     """The printed table (mean over seeds, min..max when there are several) and the speed-ups."""
     lines = [f"{'run':>16} {'seeds':>5} {'step':>7} | " + " | ".join(f"{m:>21}" for m in metrics)]

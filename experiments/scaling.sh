@@ -5,9 +5,10 @@
 # DC-AE 1.5 (structured AE + augmented DiT), on the quick start's two autoencoders, flow matching, seeds 0 1 2
 # (seed s of one arm with seed s of the other: independent pairs). Each size is judged as RESULTS.md's
 # "Judging protocol" says and added to assets/scaling/NET-SIZE.csv (evaluate.py curve --add-to refuses a run
-# whose AE, judge or judging differs from the rows there, so a size can grow over sessions); then the table
-# from those CSVs: the speed-up at matched quality with its 90 % interval at each size, and the ratio of the
-# speed-ups of neighbouring sizes with its interval (does the speed-up change with size?).
+# whose AE, judge or judging differs from the rows there, so a size can grow over sessions); then, from
+# those CSVs, assets/scaling.csv and assets/scaling.png: the speed-up at matched quality with its 90 %
+# interval at each size, and the ratio of the speed-ups of neighbouring sizes with its interval (does the
+# speed-up change with size?).
 #   bash experiments/scaling.sh                          # DiT and U-ViT, every size (about 20 h on 2 cores)
 #   NETS=DiT SIZES=L SEEDS=1 bash experiments/scaling.sh # one size, one seed pair
 #   ARMS=sae-plain NETS=DiT SIZES=L bash experiments/scaling.sh  # the structured AE + plain DiT arm
@@ -53,17 +54,16 @@ for net in ${NETS:-DiT UViT}; do
         --plot $S/$net-$size.png --json $S/$net-$size.json
   done
 done
-# the table and the picture from the committed CSVs (every size measured so far, in any session)
-# -> $S/scaling.md, $S/scaling.png
-[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$S" <<'PY'
-import os, sys
+# the table and the picture from the committed CSVs (every size measured so far, in any session):
+# assets/scaling.csv (one row per backbone and arm: seeds, speed-up, its interval, the ratio to the next
+# smaller size with its interval), assets/scaling.png, and the table as markdown on stdout
+[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - <<'PY'
+import csv, os, sys
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 import dcae15
-from dcaelib import curves, models, pictures
-S = sys.argv[1]
-os.makedirs(S, exist_ok=True)
+from dcaelib import curves, files, models, pictures
 def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 4 x 4 latents, forward + backward
     with torch.device("meta"):
         model = models.build_backbone(models.build_backbone_config(model_name, input_size=4, in_channels=64,
@@ -73,53 +73,50 @@ def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 
             loss, _ = dcae15.FlowMatching().training_loss(model, z, y, c_prime=32 if augmented else None)
             loss.backward()
     return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
-lines = ["| backbone | params | TFLOP / 4400 steps (DC-AE / 1.5) | judge FD g1 at step 4400, DC-AE / 1.5 (seeds' mean) "
-         "| speed-up at matched quality | against the next smaller size |", "|---|---|---|---|---|---|"]
-points = []
-for net in ("DiT", "UViT"):
-    below = None
-    for size in ("S", "M", "L"):
-        path = f"assets/scaling/{net}-{size}.csv"
-        if not os.path.isfile(path):
-            continue
-        data, metrics = curves.read_curve_csv(path)
-        summary = curves.summarise(data, metrics)
-        if not {"DC-AE", "DC-AE 1.5"} <= set(summary):
-            continue
-        m = curves.matched_speedup(summary, "DC-AE", "DC-AE 1.5", "fd_g1")
-        if m is None:
-            continue
-        model = f"{net}-classroom" + ("" if size == "M" else f"-{size}")
-        (plain, params), (augmented, _) = step_flops(model, False), step_flops(model, True)
-        fd = [summary[a]["fd_g1"]["mean"][-1] for a in ("DC-AE", "DC-AE 1.5")]
-        logs = np.array(m["log_speedups"])
-        change = "-"
-        if below is not None and len(logs) > 1 and len(below) > 1:
-            ratio, ci = curves.difference_interval(logs, below)
-            change = f"{ratio:.2f}x (90 % interval {ci[0]:.2f}-{ci[1]:.2f})" + \
-                ("" if ci[0] > 1 or ci[1] < 1 else ": no change at this precision")
-        below = logs
-        lines.append(f"| {model} | {params / 1e6:.2f} M | {plain * 4400 / 1e12:.1f} / {augmented * 4400 / 1e12:.1f} | "
-                     f"{fd[0]:.2f} / {fd[1]:.2f} | **{curves.format_matched(m)}** | {change} |")
-        points.append((net, params, m))
-open(os.path.join(S, "scaling.md"), "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
+studies = [(net, f"{net}-classroom" + ("" if size == "M" else f"-{size}"), f"assets/scaling/{net}-{size}.csv")
+           for net in ("DiT", "UViT") for size in ("S", "M", "L") if os.path.isfile(f"assets/scaling/{net}-{size}.csv")]
+if not studies:
+    sys.exit("note: no size measured yet (assets/scaling/NET-SIZE.csv)")
+rows = curves.scaling_rows(studies)
+for row in rows:  # the augmented step makes two passes
+    flops, params = step_flops(row["backbone"], row["arm"] == "DC-AE 1.5")
+    row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops * 4400 / 1e12, 1))
+fields = list(curves.SCALING_FIELDS[:3]) + ["params_m", "tflop_4400"] + list(curves.SCALING_FIELDS[3:])
+with files.atomic_write("assets/scaling.csv") as tmp, open(tmp, "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+def interval(r, key, low, high):
+    if r.get(key, "") == "":
+        return "-"
+    if r[low] == "":
+        return f"{r[key]:.2f}x ({r['pairs']} pair: no interval)"
+    verdict = "" if r[low] > 1 or r[high] < 1 else "; no difference at this precision"
+    pairs = f", {r['pairs']} pairs" if key == "speedup" else ""
+    return f"{r[key]:.2f}x (90 % interval {r[low]:.2f}-{r[high]:.2f}{pairs}{verdict})"
+print("| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD g1, step 4400 | in class, g1 "
+      "| speed-up at matched quality | against the next smaller size |\n|" + "---|" * 9)
+for r in rows:
+    print(f"| {r['backbone']} | {r['params_m']} M | {r['arm']} | {r['seeds']} | {r['tflop_4400']} | {r['fd_g1']:.2f} "
+          f"| {r['share_g1']:.3f} | {interval(r, 'speedup', 'ci90_low', 'ci90_high')} "
+          f"| {interval(r, 'vs_smaller', 'vs_smaller_low', 'vs_smaller_high')} |")
+print("wrote assets/scaling.csv")
 plt = pictures.pyplot()
-if plt is None or not points:
-    sys.exit("note: no picture (no size measured yet, or matplotlib missing: pip install matplotlib)")
+arms = [r for r in rows if r.get("speedup", "") != ""]
+if plt is None or not arms:
+    sys.exit("note: no picture (no arm with a speed-up yet, or matplotlib missing: pip install matplotlib)")
 fig, ax = plt.subplots(figsize=(6, 4.2))
-for net, marker in (("DiT", "o"), ("UViT", "s")):
-    p = [(x, m) for n, x, m in points if n == net]
-    if p:
-        x = [q[0] for q in p]
-        est = np.array([q[1]["estimate"] for q in p])
-        lo = np.array([q[1]["ci90"][0] if q[1]["ci90"] else q[1]["estimate"] for q in p])
-        hi = np.array([q[1]["ci90"][1] if q[1]["ci90"] else q[1]["estimate"] for q in p])
-        ax.errorbar(x, est, yerr=[est - lo, hi - est], marker=marker, capsize=3, label=net)
+for (net, arm), marker in zip(sorted({(s[0], r["arm"]) for s in studies for r in arms if r["backbone"] == s[1]}),
+                              "osD^v<>"):
+    p = [r for s in studies for r in arms if s[0] == net and r["backbone"] == s[1] and r["arm"] == arm]
+    x, est = [r["params_m"] * 1e6 for r in p], np.array([r["speedup"] for r in p])
+    lo = np.array([r["ci90_low"] if r["ci90_low"] != "" else r["speedup"] for r in p])
+    hi = np.array([r["ci90_high"] if r["ci90_high"] != "" else r["speedup"] for r in p])
+    ax.errorbar(x, est, yerr=[est - lo, hi - est], marker=marker, capsize=3, label=f"{net}: {arm}")
 ax.axhline(1, color="black", linewidth=0.8)
 ax.set_xscale("log"); ax.set_xlabel("parameters"); ax.grid(alpha=0.3); ax.legend()
-ax.set_ylabel("DC-AE 1.5's speed-up at matched quality (90 % interval)")
+ax.set_ylabel("speed-up over DC-AE (90 % interval)")
 fig.tight_layout()
-fig.savefig(os.path.join(S, "scaling.png"), dpi=110)
-print(f"wrote {os.path.join(S, 'scaling.png')}")
+fig.savefig("assets/scaling.png", dpi=110)
+print("wrote assets/scaling.png")
 PY

@@ -74,3 +74,41 @@ def test_reach_steps_interpolates_in_log_step_and_keeps_a_reached_level():
     # a point that falls back (noise) does not undo the level: the running best is used
     assert curves.reach_steps(np.array([1.0, 2, 3]), np.array([9.0, 4, 6]), np.array([5.0]))[0] < 2
     assert np.isnan(curves.reach_steps(steps, np.array([10.0, 8]), np.array([5.0]))[0])
+
+
+def write_study(path, k, seeds, g, K=4):
+    """A curve CSV as evaluate.py curve writes it: DC-AE and DC-AE 1.5 (k times faster), with a
+    small run offset and point noise."""
+    steps = 1100 * np.arange(1, K + 1)
+    rows = []
+    for label, speed in (("DC-AE", 1.0), ("DC-AE 1.5", k)):
+        for s in range(seeds):
+            fd = 45 + 45 * (speed * steps / 1100) ** -0.8 + g.normal(0, 0.2) + g.normal(0, 0.2, K)
+            rows += [{"label": label, "run": f"runs/{label}-s{s}", "seed": s, "step": int(t),
+                      "share_g1": 0.5, "fd_g1": float(v)} for t, v in zip(steps, fd)]
+    curves.write_curve_csv(rows, path)
+
+
+def test_scaling_rows_give_each_arm_its_interval_and_the_change_between_sizes(tmp_path):
+    """assets/scaling.csv (experiments/scaling.sh): one row per backbone and arm, the speed-up with
+    its interval and the ratio to the next smaller size's speed-up with Welch's interval."""
+    g = np.random.default_rng(0)
+    write_study(tmp_path / "S.csv", 2.0, 3, g)
+    write_study(tmp_path / "M.csv", 1.25, 3, g)
+    write_study(tmp_path / "L.csv", 1.25, 1, g)
+    rows = curves.scaling_rows([("DiT", "S", tmp_path / "S.csv"), ("DiT", "M", tmp_path / "M.csv"),
+                                ("DiT", "L", tmp_path / "L.csv")])
+    assert [(r["backbone"], r["arm"], r["seeds"]) for r in rows] == [
+        ("S", "DC-AE", 3), ("S", "DC-AE 1.5", 3), ("M", "DC-AE", 3), ("M", "DC-AE 1.5", 3),
+        ("L", "DC-AE", 1), ("L", "DC-AE 1.5", 1)]
+    base, s, m, l = rows[0], rows[1], rows[3], rows[5]
+    assert "speedup" not in base
+    assert s["speedup"] == pytest.approx(2.0, rel=0.1) and s["ci90_low"] < s["speedup"] < s["ci90_high"]
+    assert m["speedup"] == pytest.approx(1.25, rel=0.1) and s["pairs"] == m["pairs"] == 3
+    assert "vs_smaller" not in s  # the smallest size has nothing to compare with
+    assert m["vs_smaller"] == pytest.approx(1.25 / 2.0, rel=0.15) and m["vs_smaller_high"] < 1  # a real change
+    assert l["ci90_low"] == "" and "vs_smaller" not in l  # one pair: no interval, no comparison
+    curves.write_curve_csv([r for r in curves.read_curve_csv(tmp_path / "S.csv")[0] if r["label"] != "DC-AE"],
+                           tmp_path / "nobase.csv")
+    with pytest.raises(ValueError, match="baseline"):
+        curves.scaling_rows([("DiT", "S", tmp_path / "nobase.csv")])
