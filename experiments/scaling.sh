@@ -3,7 +3,8 @@
 # 4x apart (DiT-classroom-S / DiT-classroom / DiT-classroom-L: 0.49 / 1.88 / 7.40 M parameters; the same for
 # the U-ViT), each trained 4400 steps (a checkpoint every 1100) in two arms, DC-AE (plain AE + plain DiT) and
 # DC-AE 1.5 (structured AE + augmented DiT), on the quick start's two autoencoders, flow matching, seeds 0 1 2
-# (seed s of one arm with seed s of the other: independent pairs). Each size is judged as RESULTS.md's
+# (seed s of one arm with seed s of the other: independent pairs; DiT-classroom's are the first 4400 steps
+# of convergence.sh's runs, not trained again). Each size is judged as RESULTS.md's
 # "Judging protocol" says and added to assets/scaling/NET-SIZE.csv (evaluate.py curve --add-to refuses a run
 # whose AE, judge or judging differs from the rows there, so a size can grow over sessions); then, from
 # those CSVs, assets/scaling.csv and assets/scaling.png: the speed-up at matched quality with its 90 %
@@ -26,11 +27,18 @@ JUDGE=(--cfg-scales 1 --num-samples ${JUDGE_SAMPLES:-1000} --judge-cache $R/judg
 declare -A AE=([base]=$R/ae-plain [15]=$R/ae [sae-plain]=$R/ae)
 declare -A FLAGS=([base]=--no-augmented [15]= [sae-plain]=--no-augmented)
 declare -A LABEL=([base]="DC-AE" [15]="DC-AE 1.5" [sae-plain]="structured AE + plain DiT")
+# a curve CSV's rows up to a step, as a new CSV: python -c "$BUDGET_CSV" FROM STEP TO
+BUDGET_CSV='import sys; from dcaelib import curves; rows, _ = curves.read_curve_csv(sys.argv[1]); curves.write_curve_csv(curves.rows_within_budget(rows, int(sys.argv[2]), sys.argv[1]), sys.argv[3])'
 autoencoders $R
 for net in ${NETS:-DiT UViT}; do
   for size in ${SIZES:-S M L}; do
     model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
     extra=(); if [ $net = UViT ]; then extra=(${UVIT_FLAGS:-}); fi  # the recipe uvit_recipe.sh chose
+    if [ $net-$size = DiT-M ]; then  # DiT-classroom's 4400 steps are the first 4400 of convergence.sh's
+      mkdir -p assets/scaling       # runs (same flags; bit for bit, tests/test_pipeline.py): its points
+      always python -c "$BUDGET_CSV" assets/convergence.csv 4400 assets/scaling/DiT-M.csv
+      continue
+    fi
     for s in ${SEEDS:-0 1 2}; do  # two commands at a time (one thread each)
       for arm in ${ARMS:-base 15}; do
         out=$S/$net-$size-$arm-s$s
