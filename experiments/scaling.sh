@@ -86,10 +86,17 @@ studies = [(net, f"{net}-classroom" + ("" if size == "M" else f"-{size}"), f"ass
 if not studies:
     sys.exit("note: no size measured yet (assets/scaling/NET-SIZE.csv)")
 rows = curves.scaling_rows(studies)
+flops = {}
 for row in rows:  # the augmented step makes two passes
-    flops, params = step_flops(row["backbone"], row["arm"] == "DC-AE 1.5")
-    row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops * 4400 / 1e12, 1))
-fields = list(curves.SCALING_FIELDS[:3]) + ["params_m", "tflop_4400"] + list(curves.SCALING_FIELDS[3:])
+    flops[id(row)], params = step_flops(row["backbone"], row["arm"] == "DC-AE 1.5")
+    row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops[id(row)] * 4400 / 1e12, 1))
+for row in rows:  # per training FLOP: the speed-up times the FLOP ratio (exact), the interval's ends too
+    base = next(r for r in rows if r["backbone"] == row["backbone"] and "speedup" not in r)
+    if row.get("speedup", "") != "":
+        row.update({f"per_flop{end}": row[key] and round(row[key] * flops[id(base)] / flops[id(row)], 3)
+                    for end, key in (("", "speedup"), ("_low", "ci90_low"), ("_high", "ci90_high"))})
+fields = list(curves.SCALING_FIELDS[:3]) + ["params_m", "tflop_4400"] + list(curves.SCALING_FIELDS[3:]) + \
+    ["per_flop", "per_flop_low", "per_flop_high"]
 with files.atomic_write("assets/scaling.csv") as tmp, open(tmp, "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=fields, restval="")
     writer.writeheader()
@@ -103,10 +110,11 @@ def interval(r, key, low, high):
     pairs = f", {r['pairs']} pairs" if key == "speedup" else ""
     return f"{r[key]:.2f}x (90 % interval {r[low]:.2f}-{r[high]:.2f}{pairs}{verdict})"
 print("| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD g1, step 4400 | in class, g1 "
-      "| speed-up at matched quality | against the next smaller size |\n|" + "---|" * 9)
+      "| speed-up at matched quality | per training FLOP | against the next smaller size |\n|" + "---|" * 10)
 for r in rows:
     print(f"| {r['backbone']} | {r['params_m']} M | {r['arm']} | {r['seeds']} | {r['tflop_4400']} | {r['fd_g1']:.2f} "
           f"| {r['share_g1']:.3f} | {interval(r, 'speedup', 'ci90_low', 'ci90_high')} "
+          f"| {interval(r, 'per_flop', 'per_flop_low', 'per_flop_high')} "
           f"| {interval(r, 'vs_smaller', 'vs_smaller_low', 'vs_smaller_high')} |")
 print("wrote assets/scaling.csv")
 plt = pictures.pyplot()
