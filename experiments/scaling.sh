@@ -112,7 +112,7 @@ def interval(r, key, low, high):
 print("| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD g1, step 4400 | in class, g1 "
       "| speed-up at matched quality | per training FLOP | against the next smaller size |\n|" + "---|" * 10)
 for r in rows:
-    print(f"| {r['backbone']} | {r['params_m']} M | {r['arm']} | {r['seeds']} | {r['tflop_4400']} | {r['fd_g1']:.2f} "
+    print(f"| {r['backbone']} | {r['params_m']:.2f} M | {r['arm']} | {r['seeds']} | {r['tflop_4400']} | {r['fd_g1']:.2f} "
           f"| {r['share_g1']:.3f} | {interval(r, 'speedup', 'ci90_low', 'ci90_high')} "
           f"| {interval(r, 'per_flop', 'per_flop_low', 'per_flop_high')} "
           f"| {interval(r, 'vs_smaller', 'vs_smaller_low', 'vs_smaller_high')} |")
