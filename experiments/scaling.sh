@@ -10,7 +10,7 @@
 # those CSVs, assets/scaling.csv and assets/scaling.png: the speed-up at matched quality with its 90 %
 # interval at each size, and the ratio of the speed-ups of neighbouring sizes with its interval (does the
 # speed-up change with size?).
-#   bash experiments/scaling.sh                          # DiT and U-ViT, every size (about 20 h on 2 cores)
+#   bash experiments/scaling.sh                          # DiT and U-ViT, every size (about 14 h on 2 cores)
 #   NETS=DiT SIZES=L SEEDS=1 bash experiments/scaling.sh # one size, one seed pair
 #   ARMS=sae-plain NETS=DiT SIZES=L bash experiments/scaling.sh  # the structured AE + plain DiT arm
 #   UVIT_FLAGS="--adam-betas 0.99,0.99 --grad-clip 0" ... # the U-ViT's recipe (experiments/uvit_recipe.sh)
