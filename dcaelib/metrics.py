@@ -139,6 +139,18 @@ def dataset_stats(dataset, num_images, batch_size, inception, device, rank, worl
     return stats.all_reduce()
 
 
+def add_scores(sums, rec, x, x8, lpips_net):
+    """Add a batch's summed PSNR, SSIM and (with `lpips_net`, on the uint8-quantised images in
+    [-1, 1]) LPIPS of the reconstructions `rec` against the originals `x` (`x8`: as uint8) to `sums`;
+    returns the reconstructions as uint8."""
+    r8 = pictures.to_uint8(rec)
+    sums["psnr"] += psnr(rec, x).sum().item()
+    sums["ssim"] += ssim(r8, x8).sum().item()
+    if lpips_net is not None:
+        sums["lpips"] += lpips_net(pictures.from_uint8(r8), pictures.from_uint8(x8)).sum().item()
+    return r8
+
+
 @torch.no_grad()
 def recon_metrics(ae, dataset, channel_list, num_images, batch_size, device, inception, ref_stats,
                   lpips_net, rank, world, label):
@@ -158,13 +170,8 @@ def recon_metrics(ae, dataset, channel_list, num_images, batch_size, device, inc
         x8 = pictures.to_uint8(x)
         detail += laplacian_energy(x8).sum().item()
         for c, rec in pictures.partial_reconstructions(ae, x, channel_list):
-            r8 = pictures.to_uint8(rec)
-            sums[c]["psnr"] += psnr(rec, x).sum().item()
-            sums[c]["ssim"] += ssim(r8, x8).sum().item()
+            r8 = add_scores(sums[c], rec, x, x8, lpips_net)
             sums[c]["sharpness"] += laplacian_energy(r8).sum().item()
-            if lpips_net is not None:  # on the uint8-quantised images, in [-1, 1]
-                d = lpips_net(pictures.from_uint8(r8), pictures.from_uint8(x8))
-                sums[c]["lpips"] += d.sum().item()
             if stats is not None:
                 stats[c].add(inception(r8))
         n += x.shape[0]
@@ -201,11 +208,7 @@ def tail_metrics(ae, dataset, start, num_images, batch_size, device, lpips_net=N
         for i in range(0, len(z), batch_size):
             xb = x[i:i + batch_size].to(device)
             rec = ae.decode(torch.cat([z[i:i + batch_size, :start], tail[i:i + batch_size]], 1)).clamp(-1, 1)
-            r8, x8 = pictures.to_uint8(rec), pictures.to_uint8(xb)
-            sums["psnr"] += psnr(rec, xb).sum().item()
-            sums["ssim"] += ssim(r8, x8).sum().item()
-            if lpips_net is not None:
-                sums["lpips"] += lpips_net(pictures.from_uint8(r8), pictures.from_uint8(x8)).sum().item()
+            add_scores(sums, rec, xb, pictures.to_uint8(xb), lpips_net)
         if lpips_net is None:
             sums.pop("lpips")
         results[way] = {k: v / len(z) for k, v in sums.items()}
