@@ -281,17 +281,23 @@ def matched_speedup(summary, baseline, label, metric):
             "pair_speedups": [float(v) for v in np.exp(logs)], "log_speedups": [float(v) for v in logs]}
 
 
+def format_interval(value, ci, what=""):
+    """"1.45x (90 % interval 1.20-1.70, 3 pairs)" (what: "3 pairs"), then "; no difference at this
+    precision" where the interval holds 1; "1.45x (1 pair: no interval)" where ci is None."""
+    if ci is None:
+        return f"{value:.2f}x ({what}: no interval)"
+    low, high = ci
+    verdict = "" if low > 1 or high < 1 else "; no difference at this precision"
+    return f"{value:.2f}x (90 % interval {low:.2f}-{high:.2f}{', ' + what if what else ''}){verdict}"
+
+
 def format_matched(s):
     """"1.45x (90 % interval 1.2-1.7, 3 pairs)", and what the interval says."""
     if s is None:
         return "no seed pairs (seed s of each arm)"
     pairs = f"{s['n_pairs']} pair{'s' if s['n_pairs'] > 1 else ''}"
-    if s["ci90"] is None:
-        return f"{s['estimate']:.2f}x ({pairs}: no interval)"
-    low, high = s["ci90"]
-    verdict = "" if low > 1 or high < 1 else "; no difference at this precision"
-    bounds = f", {s['bounds']} of them a bound" if s["bounds"] else ""
-    return f"{s['estimate']:.2f}x (90 % interval {low:.2f}-{high:.2f}, {pairs}{bounds}){verdict}"
+    bounds = f", {s['bounds']} of them a bound" if s["bounds"] and s["ci90"] is not None else ""
+    return format_interval(s["estimate"], s["ci90"], pairs + bounds)
 
 
 def speedups(summary, baseline, metric):

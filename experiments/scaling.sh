@@ -86,14 +86,14 @@ studies = [(net, f"{net}-classroom" + ("" if size == "M" else f"-{size}"), f"ass
 if not studies:
     sys.exit("note: no size measured yet (assets/scaling/NET-SIZE.csv)")
 rows = curves.scaling_rows(studies)
-flops = {}
-for row in rows:  # the augmented step makes two passes
-    flops[id(row)], params = step_flops(row["backbone"], row["arm"] == "DC-AE 1.5")
-    row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops[id(row)] * 4400 / 1e12, 1))
-for row in rows:  # per training FLOP: the speed-up times the FLOP ratio (exact), the interval's ends too
-    base = next(r for r in rows if r["backbone"] == row["backbone"] and "speedup" not in r)
+# the augmented step makes two passes; per training FLOP: the speed-up (and its interval's ends) times the
+# exact FLOP ratio of the baseline's step (plain) to the arm's
+for row in rows:
+    flops, params = step_flops(row["backbone"], row["arm"] == "DC-AE 1.5")
+    row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops * 4400 / 1e12, 1))
     if row.get("speedup", "") != "":
-        row.update({f"per_flop{end}": row[key] and round(row[key] * flops[id(base)] / flops[id(row)], 3)
+        ratio = step_flops(row["backbone"], False)[0] / flops
+        row.update({f"per_flop{end}": row[key] and round(row[key] * ratio, 3)
                     for end, key in (("", "speedup"), ("_low", "ci90_low"), ("_high", "ci90_high"))})
 fields = list(curves.SCALING_FIELDS[:3]) + ["params_m", "tflop_4400"] + list(curves.SCALING_FIELDS[3:]) + \
     ["per_flop", "per_flop_low", "per_flop_high"]
@@ -101,21 +101,18 @@ with files.atomic_write("assets/scaling.csv") as tmp, open(tmp, "w", newline="")
     writer = csv.DictWriter(fh, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
-def interval(r, key, low, high):
+def interval(r, key, low, high, pairs=True):
     if r.get(key, "") == "":
         return "-"
-    if r[low] == "":
-        return f"{r[key]:.2f}x ({r['pairs']} pair: no interval)"
-    verdict = "" if r[low] > 1 or r[high] < 1 else "; no difference at this precision"
-    pairs = f", {r['pairs']} pairs" if key == "speedup" else ""
-    return f"{r[key]:.2f}x (90 % interval {r[low]:.2f}-{r[high]:.2f}{pairs}{verdict})"
+    what = f"{r['pairs']} pair{'s' if r['pairs'] > 1 else ''}" if pairs else ""
+    return curves.format_interval(r[key], None if r[low] == "" else (r[low], r[high]), what)
 print("| backbone | params | arm | seeds | TFLOP / 4400 steps | judge FD g1, step 4400 | in class, g1 "
       "| speed-up at matched quality | per training FLOP | against the next smaller size |\n|" + "---|" * 10)
 for r in rows:
     print(f"| {r['backbone']} | {r['params_m']:.2f} M | {r['arm']} | {r['seeds']} | {r['tflop_4400']} | {r['fd_g1']:.2f} "
           f"| {r['share_g1']:.3f} | {interval(r, 'speedup', 'ci90_low', 'ci90_high')} "
           f"| {interval(r, 'per_flop', 'per_flop_low', 'per_flop_high')} "
-          f"| {interval(r, 'vs_smaller', 'vs_smaller_low', 'vs_smaller_high')} |")
+          f"| {interval(r, 'vs_smaller', 'vs_smaller_low', 'vs_smaller_high', pairs=False)} |")
 print("wrote assets/scaling.csv")
 plt = pictures.pyplot()
 arms = [r for r in rows if r.get("speedup", "") != ""]
