@@ -273,8 +273,10 @@ def cmd_curve(args, rank, world, device):
                 for label, folders in runs.items()}
         curves.check_runs(meta)
         metrics = [curves.metric_name(k, s) for s in cfg_scales for k in ("share", "fd")]
-    baseline = args.baseline or (rows[0]["label"] if args.from_csv else next(iter(runs)))
     labels = list(dict.fromkeys(r["label"] for r in rows)) if args.from_csv else list(runs)
+    if not args.from_csv and args.add_to and os.path.isfile(args.add_to):  # the comparison these runs join:
+        labels = list(dict.fromkeys([*(r["label"] for r in curves.read_curve_csv(args.add_to)[0]), *labels]))
+    baseline = args.baseline or labels[0]  # its baseline may be there only (a new arm, added alone)
     if baseline not in labels:
         raise ValueError(f"--baseline {baseline!r} is none of the runs' labels {labels}")
     if args.speedup_metric not in metrics:
@@ -415,7 +417,8 @@ def build_parser():
                    help="LABEL=DIR, or LABEL=DIR1,DIR2 (one train_dit.py run folder per seed); "
                         "repeat for each curve. The points are its step_*.pt (--save-every) and "
                         "last.pt")
-    v.add_argument("--baseline", default=None, help="label of the baseline (default: the first)")
+    v.add_argument("--baseline", default=None,
+                   help="label of the baseline (default: the first label; the --add-to CSV's first where given)")
     v.add_argument("--max-step", type=cli.positive_int, default=None,
                    help="only the points up to this step (a fixed training budget)")
     v.add_argument("--speedup-metric", default="fd_g1",

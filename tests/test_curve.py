@@ -191,11 +191,14 @@ def test_curve_add_to_grows_a_comparison_and_refuses_other_conditions(runs, tmp_
     first = tmp_path / "first.csv"
     args = [a if a != d / "curve.csv" else first for a in curve_args(d, f"plain={d / 'plain0'}")]
     run_script("evaluate.py", args)
-    grown = tmp_path / "grown.csv"
-    args = [a if a != d / "curve.csv" else grown for a in curve_args(d, f"aug={d / 'aug0'}")]
+    grown, out = tmp_path / "grown.csv", tmp_path / "grown.json"
+    args = [{d / "curve.csv": grown, d / "curve.json": out}.get(a, a) for a in curve_args(d, f"aug={d / 'aug0'}")]
     run_script("evaluate.py", [*args, "--add-to", first])  # a later session's run, added
     rows, _ = curves.read_curve_csv(grown)
     assert [(r["label"], r["step"]) for r in rows] == [("plain", 2), ("plain", 4), ("aug", 2), ("aug", 4)]
+    # a new arm added alone is compared with the baseline that only the CSV holds (its first label)
+    result = json.loads(out.read_text())
+    assert result["baseline"] == "plain" and list(result["speedups"]) == ["aug"]
     # the same seed of a label twice, another judging protocol: refused before anything is written
     args = [a if a != d / "curve.csv" else tmp_path / "no.csv" for a in curve_args(d, f"plain={d / 'plain1'}")]
     seeds = [r if r["run"] != str(d / "plain0") else {**r, "seed": 1} for r in rows]
