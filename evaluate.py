@@ -274,8 +274,10 @@ def cmd_curve(args, rank, world, device):
         curves.check_runs(meta)
         metrics = [curves.metric_name(k, s) for s in cfg_scales for k in ("share", "fd")]
     labels = list(dict.fromkeys(r["label"] for r in rows)) if args.from_csv else list(runs)
-    if not args.from_csv and args.add_to and os.path.isfile(args.add_to):  # the comparison these runs join:
-        labels = list(dict.fromkeys([*(r["label"] for r in curves.read_curve_csv(args.add_to)[0]), *labels]))
+    joined = None  # the comparison these runs join (--add-to), read once
+    if not args.from_csv and args.add_to and os.path.isfile(args.add_to):
+        joined = curves.read_curve_csv(args.add_to)
+        labels = list(dict.fromkeys([*(r["label"] for r in joined[0]), *labels]))
     baseline = args.baseline or labels[0]  # its baseline may be there only (a new arm, added alone)
     if baseline not in labels:
         raise ValueError(f"--baseline {baseline!r} is none of the runs' labels {labels}")
@@ -291,8 +293,8 @@ def cmd_curve(args, rank, world, device):
         rows, result["autoencoders"] = curves.evaluate_runs(args, meta, cfg_scales, device)
         metrics = [m for m in rows[0]  # with fid_g* when FID was on
                    if m not in curves.CURVE_KEYS + curves.PROVENANCE_KEYS]
-        if args.add_to and os.path.isfile(args.add_to):
-            old, old_metrics = curves.read_curve_csv(args.add_to)
+        if joined is not None:
+            old, old_metrics = joined
             if old_metrics != metrics:
                 raise ValueError(f"--add-to {args.add_to} has the columns {old_metrics}, these runs "
                                  f"{metrics}: measure them with the same --cfg-scales and --fid")

@@ -66,12 +66,13 @@ done
 # assets/scaling.csv (one row per backbone and arm: seeds, speed-up, its interval, the ratio to the next
 # smaller size with its interval), assets/scaling.png, and the table as markdown on stdout
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - <<'PY'
-import csv, os, sys
+import csv, functools, os, sys
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 import dcae15
 from dcaelib import curves, files, models, pictures
+@functools.lru_cache(maxsize=None)  # the plain step's count serves every arm of a size
 def step_flops(model_name, augmented):  # one training step of batch 32 on 64 x 4 x 4 latents, forward + backward
     with torch.device("meta"):
         model = models.build_backbone(models.build_backbone_config(model_name, input_size=4, in_channels=64,
