@@ -28,4 +28,4 @@ for betas in 0.9,0.999 0.99,0.99; do
 done
 wait_all
 always python evaluate.py curve "${RUNS_FLAGS[@]}" --cfg-scales 1 --num-samples ${JUDGE_SAMPLES:-1000} \
-    --judge-cache $R/judges --csv assets/uvit_recipe.csv --plot $S/uvit_recipe.png --json $S/uvit_recipe.json
+    --judge-cache $R/judges --csv assets/uvit_recipe.csv --plot assets/uvit_recipe.png --json $S/uvit_recipe.json
