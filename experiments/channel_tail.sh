@@ -1,12 +1,43 @@
 #!/usr/bin/env bash
-# RESULTS.md, "Reconstruction against training length", what the last channels carry: the quick start's
-# structured and plain AEs (2200 steps), the full latent's reconstruction of the 1000 validation images with
-# the channels after the first c/2 kept, zeroed, replaced by their mean over the images, or shuffled between
-# the images (evaluate.py recon --tail-from).
-#   bash experiments/channel_tail.sh          # in runs/ (the two AEs first if missing: about 45 min on 2 cores)
+# RESULTS.md, "Reconstruction against training length", what the last channels carry: a structured and a
+# plain AE, the full latent's reconstruction of the 1000 validation images with the channels after the
+# first c/2 kept, zeroed, replaced by their mean over the images, or shuffled between the images
+# (evaluate.py recon --tail-from), at two training lengths: the quick start's 2200-step pair (runs/ae,
+# runs/ae-plain) and ae_length.sh's 8800-step pair (runs/ae-length/structured, runs/ae-length/plain; the
+# same runs, trained once). Then the table of both -> runs/channel_tail.md: PSNR / SSIM (/ LPIPS where its
+# AlexNet weights are there).
+#   bash experiments/channel_tail.sh                # about 2 h 30 min on 2 cores if no AE is there yet
+#   LENGTHS=2200 bash experiments/channel_tail.sh   # the quick start's pair only (about 45 min)
 #   DRY_RUN=1 bash experiments/channel_tail.sh
 source "$(dirname "$0")/lib.sh"
 R=$RUNS
-autoencoders $R
-produce $R/channel_tail.json python evaluate.py recon --ae-ckpt $R/ae/last.pt --baseline-ckpt $R/ae-plain/last.pt \
-    --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json
+LENGTHS=${LENGTHS:-2200 8800}
+for n in $LENGTHS; do
+  case $n in
+    2200) autoencoders $R
+          produce $R/channel_tail.json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
+              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json ;;
+    8800) L=$R/ae-length LONG=(--max-steps 8800 --save-every 2200)  # ae_length.sh's commands
+          train $L/plain python train_ae.py --no-structured "${LONG[@]}" --out $L/plain &
+          train $L/structured python train_ae.py "${LONG[@]}" --out $L/structured &
+          wait_all
+          produce $R/channel_tail-8800.json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
+              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail-8800.json ;;
+    *) echo "LENGTHS: no length '$n' (2200 and 8800)" >&2; exit 2 ;;
+  esac
+done
+[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R" $LENGTHS <<'PY'
+import json, os, sys
+R, lengths = sys.argv[1], sys.argv[2:]
+files = {n: os.path.join(R, "channel_tail.json" if n == "2200" else f"channel_tail-{n}.json") for n in lengths}
+tails = {n: json.load(open(f))["tail"] for n, f in files.items()}
+cols = [(n, name) for n in lengths for name in ("model", "baseline")]
+head = " | ".join(f"{'structured' if name == 'model' else 'plain'} AE, {n} steps" for n, name in cols)
+lines = [f"| channels 33-64 | {head} |", "|---" * (len(cols) + 1) + "|"]
+for way in tails[lengths[0]]["model"]:
+    cells = " | ".join(" / ".join(f"{tails[n][name][way][k]:.{2 if k == 'psnr' else 3}f}"
+                                  for k in ("psnr", "ssim", "lpips") if k in tails[n][name][way]) for n, name in cols)
+    lines.append(f"| {way} | {cells} |")
+open(os.path.join(R, "channel_tail.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
