@@ -12,19 +12,15 @@
 source "$(dirname "$0")/lib.sh"
 R=$RUNS/ae-length
 ARMS=${ARMS:-plain structured max}
-LONG=(--max-steps 8800 --save-every 2200)
 arm() { [[ " $ARMS " == *" $1 "* ]]; }
 for a in $ARMS; do
   case $a in plain|structured|max) ;; *) echo "ARMS: no arm '$a' (the arms are plain, structured and max)" >&2; exit 2 ;; esac
 done
 # two commands at a time (one thread each)
-if arm plain; then train $R/plain python train_ae.py --no-structured "${LONG[@]}" --out $R/plain & fi
-if arm structured; then train $R/structured python train_ae.py "${LONG[@]}" --out $R/structured & fi
+if arm plain; then ae_length_run $R plain & fi
+if arm structured; then ae_length_run $R structured & fi
 wait_all
-if arm max; then
-  train $R/max python train_ae.py --num-sample-latent-channels 2 --always-sample-max-channel "${LONG[@]}" \
-      --out $R/max
-fi
+if arm max; then ae_length_run $R max; fi
 # PSNR / SSIM from the first 8, 32 and 64 channels, 1000 validation images, at each length
 for run in $ARMS; do
   for step in 2200 4400 8800; do

@@ -17,9 +17,9 @@ for n in $LENGTHS; do
     2200) autoencoders $R
           produce $R/channel_tail.json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
               --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json ;;
-    8800) L=$R/ae-length LONG=(--max-steps 8800 --save-every 2200)  # ae_length.sh's commands
-          train $L/plain python train_ae.py --no-structured "${LONG[@]}" --out $L/plain &
-          train $L/structured python train_ae.py "${LONG[@]}" --out $L/structured &
+    8800) L=$R/ae-length
+          ae_length_run $L plain &
+          ae_length_run $L structured &
           wait_all
           produce $R/channel_tail-8800.json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
               --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail-8800.json ;;

@@ -83,3 +83,12 @@ autoencoders() {  # autoencoders DIR [FLAGS...]: the quick start's pair, DIR/ae 
   train "$dir/ae-plain" python train_ae.py "$@" --no-structured --out "$dir/ae-plain" &
   wait_all
 }
+
+ae_length_run() {  # ae_length_run DIR ARM: ae_length.sh's 8800-step AE of one arm (plain, structured or
+  local flags=()   # max), a step file every 2200, in DIR/ARM; channel_tail.sh reads two of them
+  case $2 in
+    plain) flags=(--no-structured) ;;
+    max) flags=(--num-sample-latent-channels 2 --always-sample-max-channel) ;;
+  esac
+  train "$1/$2" python train_ae.py "${flags[@]}" --max-steps 8800 --save-every 2200 --out "$1/$2"
+}
