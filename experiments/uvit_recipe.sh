@@ -7,7 +7,7 @@
 # warmup and EMA stay the classroom's (100 steps, 0.995). Judged as RESULTS.md's "Judging protocol" says,
 # every checkpoint (1100 steps apart) -> assets/uvit_recipe.csv; scaling.sh then takes the winner as
 # UVIT_FLAGS for both arms at every size.
-#   bash experiments/uvit_recipe.sh              # about 3 h on 2 cores (1 h 10 min training, the rest judging)
+#   bash experiments/uvit_recipe.sh              # about 1 h 30 min on 2 cores (45 min training, 40 judging)
 #   DRY_RUN=1 bash experiments/uvit_recipe.sh    # print the commands
 source "$(dirname "$0")/lib.sh"
 R=$RUNS
