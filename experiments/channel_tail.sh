@@ -12,24 +12,27 @@
 source "$(dirname "$0")/lib.sh"
 R=$RUNS
 LENGTHS=${LENGTHS:-2200 8800}
+TABLE=()  # LENGTH=JSON for the table
 for n in $LENGTHS; do
   case $n in
     2200) autoencoders $R
           produce $R/channel_tail.json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
-              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json ;;
+              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json
+          TABLE+=(2200=$R/channel_tail.json) ;;
     8800) L=$R/ae-length
           ae_length_run $L plain &
           ae_length_run $L structured &
           wait_all
           produce $R/channel_tail-8800.json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
-              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail-8800.json ;;
+              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail-8800.json
+          TABLE+=(8800=$R/channel_tail-8800.json) ;;
     *) echo "LENGTHS: no length '$n' (2200 and 8800)" >&2; exit 2 ;;
   esac
 done
-[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R" $LENGTHS <<'PY'
-import json, os, sys
-R, lengths = sys.argv[1], sys.argv[2:]
-files = {n: os.path.join(R, "channel_tail.json" if n == "2200" else f"channel_tail-{n}.json") for n in lengths}
+[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R/channel_tail.md" "${TABLE[@]}" <<'PY'
+import json, sys
+files = dict(a.split("=", 1) for a in sys.argv[2:])  # length -> the JSON evaluate.py recon wrote
+lengths = list(files)
 tails = {n: json.load(open(f))["tail"] for n, f in files.items()}
 cols = [(n, name) for n in lengths for name in ("model", "baseline")]
 head = " | ".join(f"{'structured' if name == 'model' else 'plain'} AE, {n} steps" for n, name in cols)
@@ -38,6 +41,6 @@ for way in tails[lengths[0]]["model"]:
     cells = " | ".join(" / ".join(f"{tails[n][name][way][k]:.{2 if k == 'psnr' else 3}f}"
                                   for k in ("psnr", "ssim", "lpips") if k in tails[n][name][way]) for n, name in cols)
     lines.append(f"| {way} | {cells} |")
-open(os.path.join(R, "channel_tail.md"), "w").write("\n".join(lines) + "\n")
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
