@@ -15,6 +15,9 @@
 #   ARMS=sae-plain NETS=DiT SIZES=L bash experiments/scaling.sh  # the structured AE + plain DiT arm
 #   UVIT_FLAGS="--adam-betas 0.99,0.99" ...              # another U-ViT recipe (default: the one
 #                                                        # experiments/uvit_recipe.sh chose, --grad-clip 0)
+#   UVIT_FLAGS="--grad-clip 1" TAG=clip1 NETS=UViT SIZES=M bash experiments/scaling.sh   # a recipe beside
+#       the chosen one: its runs and curve are named UViT-M-clip1 (assets/scaling/UViT-M-clip1.csv), and
+#       the table and picture leave it out
 #   CURVE=0 ...                                          # train only, judge later
 #   DRY_RUN=1 bash experiments/scaling.sh                # print the commands
 # Run it from a git worktree of one commit (lib.sh sets OMP_NUM_THREADS=1: the AEs and the judge train bit
@@ -34,18 +37,19 @@ autoencoders $R
 for net in ${NETS:-DiT UViT}; do
   for size in ${SIZES:-S M L}; do
     model=$net-classroom; [ $size = M ] || model=$net-classroom-$size
+    study=$net-$size${TAG:+-$TAG}  # the name of its runs and its curve
     extra=() seeds=${SEEDS:-0 1 2}
     # the U-ViT: the recipe uvit_recipe.sh chose on seed 0 of the DC-AE arm at M; seeds 1-3, so that the
     # run that won the choice (its best draw) is not also a point of the comparison
     if [ $net = UViT ]; then extra=(${UVIT_FLAGS---grad-clip 0}) seeds=${SEEDS:-1 2 3}; fi
-    if [ $net-$size = DiT-M ]; then  # DiT-classroom's 4400 steps are the first 4400 of convergence.sh's
+    if [ $study = DiT-M ]; then  # DiT-classroom's 4400 steps are the first 4400 of convergence.sh's
       mkdir -p assets/scaling       # runs (same flags; bit for bit, tests/test_pipeline.py): its points
       always python -c "$BUDGET_CSV" assets/convergence.csv 4400 assets/scaling/DiT-M.csv
       continue
     fi
     for s in $seeds; do  # two commands at a time (one thread each)
       for arm in ${ARMS:-base 15}; do
-        out=$S/$net-$size-$arm-s$s
+        out=$S/$study-$arm-s$s
         train $out python train_dit.py --ae-ckpt ${AE[$arm]}/last.pt ${FLAGS[$arm]} --model $model \
             "${BUDGET[@]}" "${extra[@]}" --seed $s "${CACHE[@]}" --out $out &
         two_at_a_time
@@ -55,15 +59,15 @@ for net in ${NETS:-DiT UViT}; do
     [ "${CURVE:-1}" = 1 ] || continue
     RUN_FLAGS=()
     for arm in ${ARMS:-base 15}; do
-      dirs=$(for s in $seeds; do printf "%s," $S/$net-$size-$arm-s$s; done)
+      dirs=$(for s in $seeds; do printf "%s," $S/$study-$arm-s$s; done)
       RUN_FLAGS+=(--run "${LABEL[$arm]}=${dirs%,}")
     done
-    CSV=assets/scaling/$net-$size.csv
+    CSV=assets/scaling/$study.csv
     ADD=(); if [ -f "$CSV" ]; then ADD=(--add-to "$CSV"); fi
     mkdir -p assets/scaling
     # every point is kept in RUN/curve/: a second call only evaluates new checkpoints
     always python evaluate.py curve "${RUN_FLAGS[@]}" --baseline DC-AE "${JUDGE[@]}" "${ADD[@]}" --csv "$CSV" \
-        --plot $S/$net-$size.png --json $S/$net-$size.json
+        --plot $S/$study.png --json $S/$study.json
   done
 done
 # the table and the picture from the committed CSVs (every size measured so far, in any session):
