@@ -127,18 +127,26 @@ plt = pictures.pyplot()
 arms = [r for r in rows if r.get("speedup", "") != ""]
 if plt is None or not arms:
     sys.exit("note: no picture (no arm with a speed-up yet, or matplotlib missing: pip install matplotlib)")
-fig, ax = plt.subplots(figsize=(6, 4.2))
-for (net, arm), marker in zip(sorted({(s[0], r["arm"]) for s in studies for r in arms if r["backbone"] == s[1]}),
-                              "osD^v<>"):
+fig, ax = plt.subplots(figsize=(6.4, 5))
+series = sorted({(s[0], r["arm"]) for s in studies for r in arms if r["backbone"] == s[1]})
+for i, ((net, arm), marker) in enumerate(zip(series, "osD^v<>")):
     p = [r for s in studies for r in arms if s[0] == net and r["backbone"] == s[1] and r["arm"] == arm]
-    x, est = [r["params_m"] * 1e6 for r in p], np.array([r["speedup"] for r in p])
+    dodge = 1.06 ** (i - (len(series) - 1) / 2)  # side by side, so that no interval hides another
+    x, est = [r["params_m"] * 1e6 * dodge for r in p], np.array([r["speedup"] for r in p])
     lo = np.array([r["ci90_low"] if r["ci90_low"] != "" else r["speedup"] for r in p])
     hi = np.array([r["ci90_high"] if r["ci90_high"] != "" else r["speedup"] for r in p])
     ax.errorbar(x, est, yerr=[est - lo, hi - est], marker=marker, capsize=3, label=f"{net}: {arm}")
 ax.axhline(1, color="black", linewidth=0.8)
-sizes = sorted({r["params_m"] for r in arms})  # ticks at the measured sizes (log axis: 4x apart)
-ax.set_xscale("log"); ax.set_xticks([m * 1e6 for m in sizes], [f"{m:.2f} M" for m in sizes])
-ax.minorticks_off(); ax.set_xlabel("parameters"); ax.grid(alpha=0.3); ax.legend()
+sizes = []  # a tick a size (log axis: 4x apart); the DiT's and the U-ViT's parameters at one size share it
+for m in sorted({r["params_m"] for r in arms}):
+    if sizes and m < sizes[-1][0] * 1.25:
+        sizes[-1].append(m)
+    else:
+        sizes.append([m])
+ax.set_xscale("log")
+ax.set_xticks([np.sqrt(g[0] * g[-1]) * 1e6 for g in sizes], [" / ".join(f"{m:.2f}" for m in g) + " M" for g in sizes])
+ax.minorticks_off(); ax.set_xlabel("parameters"); ax.grid(alpha=0.3)
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
 ax.set_ylabel("speed-up over DC-AE (90 % interval)")
 fig.tight_layout()
 fig.savefig("assets/scaling.png", dpi=110)
