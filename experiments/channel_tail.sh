@@ -16,18 +16,19 @@ TABLE=()  # LENGTH=JSON for the table
 for n in $LENGTHS; do
   case $n in
     2200) autoencoders $R
-          produce $R/channel_tail.json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
-              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail.json
-          TABLE+=(2200=$R/channel_tail.json) ;;
+          json=$R/channel_tail.json
+          produce $json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
+              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $json ;;
     8800) L=$R/ae-length
           ae_length_run $L plain &
           ae_length_run $L structured &
           wait_all
-          produce $R/channel_tail-8800.json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
-              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $R/channel_tail-8800.json
-          TABLE+=(8800=$R/channel_tail-8800.json) ;;
+          json=$R/channel_tail-8800.json
+          produce $json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
+              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $json ;;
     *) echo "LENGTHS: no length '$n' (2200 and 8800)" >&2; exit 2 ;;
   esac
+  TABLE+=("$n=$json")
 done
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R/channel_tail.md" "${TABLE[@]}" <<'PY'
 import json, sys
