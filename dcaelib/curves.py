@@ -341,15 +341,15 @@ def scaling_rows(studies, baseline="DC-AE", metric="fd_g1"):
                    if "share_g1" in s else ""}
             m = None if arm == baseline else matched_speedup(summary, baseline, arm, metric)
             if m is not None:
-                low, high = m["ci90"] or ("", "")  # 4 decimals: a table rounds them once, to 2
-                row.update(speedup=round(m["estimate"], 4), ci90_low=low and round(low, 4),
-                           ci90_high=high and round(high, 4), pairs=m["n_pairs"], bounds=m["bounds"],
+                low, high = m["ci90"] or ("", "")  # unrounded: whoever prints or writes them rounds once
+                row.update(speedup=m["estimate"], ci90_low=low, ci90_high=high, pairs=m["n_pairs"],
+                           bounds=m["bounds"],
                            band_worst=round(m["band"][0], 2), band_best=round(m["band"][1], 2))
                 logs, below = np.array(m["log_speedups"]), smaller.get((family, arm))
                 if below is not None and len(logs) > 1 and len(below) > 1:
                     ratio, ci = difference_interval(logs, below)
-                    row.update(vs_smaller=round(float(ratio), 4), vs_smaller_low=round(float(ci[0]), 4),
-                               vs_smaller_high=round(float(ci[1]), 4))
+                    row.update(vs_smaller=float(ratio), vs_smaller_low=float(ci[0]),
+                               vs_smaller_high=float(ci[1]))
                 smaller[(family, arm)] = logs
             rows.append(row)
     return rows

@@ -102,14 +102,14 @@ for row in rows:
     row.update(params_m=round(params / 1e6, 2), tflop_4400=round(flops * 4400 / 1e12, 1))
     if row.get("speedup", "") != "":
         ratio = step_flops(row["backbone"], False)[0] / flops
-        row.update({f"per_flop{end}": row[key] and round(row[key] * ratio, 4)
+        row.update({f"per_flop{end}": row[key] and row[key] * ratio
                     for end, key in (("", "speedup"), ("_low", "ci90_low"), ("_high", "ci90_high"))})
 fields = list(curves.SCALING_FIELDS[:3]) + ["params_m", "tflop_4400"] + list(curves.SCALING_FIELDS[3:]) + \
     ["per_flop", "per_flop_low", "per_flop_high"]
 with files.atomic_write("assets/scaling.csv") as tmp, open(tmp, "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=fields, restval="")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
 def interval(r, key, low, high, pairs=True):
     if r.get(key, "") == "":
         return "-"
