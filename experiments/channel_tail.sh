@@ -1,47 +1,65 @@
 #!/usr/bin/env bash
-# RESULTS.md, "Reconstruction against training length", what the last channels carry: a structured and a
-# plain AE, the full latent's reconstruction of the 1000 validation images with the channels after the
-# first c/2 kept, zeroed, replaced by their mean over the images, or shuffled between the images
-# (evaluate.py recon --tail-from), at two training lengths: the quick start's 2200-step pair (runs/ae,
-# runs/ae-plain) and ae_length.sh's 8800-step pair (runs/ae-length/structured, runs/ae-length/plain; the
-# same runs, trained once). Then the table of both -> runs/channel_tail.md: PSNR / SSIM (/ LPIPS where its
-# AlexNet weights are there).
-#   bash experiments/channel_tail.sh                # the 8800-step pair: 1 h 40 min (AMD EPYC) or 50 min (Intel Xeon)
-#   LENGTHS=2200 bash experiments/channel_tail.sh   # the quick start's pair only (about 45 min)
+# RESULTS.md, "Reconstruction against training length", what the last channels carry: for each seed of
+# SEEDS a structured and a plain AE of ae_length.sh's recipe (8800 steps, a step file every 2200; seed 0's
+# pair is ae_length.sh's own, runs/ae-length, trained once; seed N's in runs/ae-length-sN), and at steps
+# 2200 and 8800 (a step file is what a run of that length ends with) the full latent's reconstruction of
+# the 1000 validation images with the channels after the first c/2 kept, zeroed, replaced by their mean
+# over the images, or shuffled between the images (evaluate.py recon --tail-from). Then runs/channel_tail.md:
+# each cell's PSNR / SSIM (/ LPIPS where its AlexNet weights are there) as the mean over the seeds, and what
+# channels 33-64 carry (PSNR kept minus zeroed) and the gap to the plain AE at c, with 90 % intervals.
+#   bash experiments/channel_tail.sh             # a pair (two runs at a time): 50 min on the 2-core Intel
+#                                                # Xeon, 1 h 40 min on the AMD EPYC; then about 5 min
+#   SEEDS=0 bash experiments/channel_tail.sh     # one pair (no intervals)
 #   DRY_RUN=1 bash experiments/channel_tail.sh
 source "$(dirname "$0")/lib.sh"
-R=$RUNS
-LENGTHS=${LENGTHS:-2200 8800}
-TABLE=()  # LENGTH=JSON for the table
-for n in $LENGTHS; do
-  case $n in
-    2200) autoencoders $R
-          json=$R/channel_tail.json
-          produce $json python evaluate.py recon --ae-ckpt $R/ae/last.pt \
-              --baseline-ckpt $R/ae-plain/last.pt --c-primes 32,64 --tail-from 32 --json $json ;;
-    8800) L=$R/ae-length
-          ae_length_run $L plain &
-          ae_length_run $L structured &
-          wait_all
-          json=$R/channel_tail-8800.json
-          produce $json python evaluate.py recon --ae-ckpt $L/structured/last.pt \
-              --baseline-ckpt $L/plain/last.pt --c-primes 32,64 --tail-from 32 --json $json ;;
-    *) echo "LENGTHS: no length '$n' (2200 and 8800)" >&2; exit 2 ;;
-  esac
-  TABLE+=("$n=$json")
+SEEDS=${SEEDS:-0 1}
+LENGTHS="2200 8800"
+dir() { if [ "$1" = 0 ]; then echo "$RUNS/ae-length"; else echo "$RUNS/ae-length-s$1"; fi; }
+for s in $SEEDS; do  # the two arms of a seed at a time, one thread each
+  ae_length_run "$(dir $s)" plain $s &
+  ae_length_run "$(dir $s)" structured $s &
+  wait_all
 done
-[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$R/channel_tail.md" "${TABLE[@]}" <<'PY'
-import json, sys
-files = dict(a.split("=", 1) for a in sys.argv[2:])  # length -> the JSON evaluate.py recon wrote
-lengths = list(files)
-tails = {n: json.load(open(f))["tail"] for n, f in files.items()}
-cols = [(n, name) for n in lengths for name in ("model", "baseline")]
-head = " | ".join(f"{'structured' if name == 'model' else 'plain'} AE, {n} steps" for n, name in cols)
-lines = [f"| channels 33-64 | {head} |", "|---" * (len(cols) + 1) + "|"]
-for way in tails[lengths[0]]["model"]:
-    cells = " | ".join(" / ".join(f"{tails[n][name][way][k]:.{2 if k == 'psnr' else 3}f}"
-                                  for k in ("psnr", "ssim", "lpips") if k in tails[n][name][way]) for n, name in cols)
+for s in $SEEDS; do
+  for n in $LENGTHS; do
+    step=$(printf "step_%07d.pt" $n)
+    produce $RUNS/channel_tail-s$s-$n.json python evaluate.py recon --ae-ckpt "$(dir $s)/structured/$step" \
+        --baseline-ckpt "$(dir $s)/plain/$step" --c-primes 32,64 --tail-from 32 --json $RUNS/channel_tail-s$s-$n.json
+  done
+done
+[ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$RUNS" "$LENGTHS" "$SEEDS" <<'PY'
+import json, os, sys
+import numpy as np
+from dcaelib.curves import t90
+R, lengths, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+# tail[n][ae][way][metric]: one value a seed
+tail = {n: [json.load(open(os.path.join(R, f"channel_tail-s{s}-{n}.json")))["tail"] for s in seeds]
+        for n in lengths}
+def values(n, ae, way, metric="psnr"):
+    return np.array([t[ae][way][metric] for t in tail[n]])
+def interval(x):  # mean (90 % interval over seeds); one seed: the value alone
+    if len(x) < 2:
+        return f"{x.mean():.2f}"
+    half = t90(len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():.2f} ({x.mean() - half:.2f} to {x.mean() + half:.2f})"
+ae_names = {"model": "structured", "baseline": "plain"}
+cols = [(n, ae) for n in lengths for ae in ae_names]
+lines = [f"| channels 33-64 ({len(seeds)} seed{'s' * (len(seeds) > 1)}, mean) | "
+         + " | ".join(f"{ae_names[ae]} AE, {n} steps" for n, ae in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+for way in tail[lengths[0]][0]["model"]:
+    metrics = [k for k in ("psnr", "ssim", "lpips") if k in tail[lengths[0]][0]["model"][way]]
+    cells = " | ".join(" / ".join(f"{values(n, ae, way, k).mean():.{2 if k == 'psnr' else 3}f}" for k in metrics)
+                       for n, ae in cols)
     lines.append(f"| {way} | {cells} |")
-open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+lines += ["", "| steps | dB carried by channels 33-64 (kept - zeroed): structured | plain "
+          "| another image's channels (kept - shuffled): structured | gap to the plain AE at c |",
+          "|---|---|---|---|---|"]
+for n in lengths:
+    carried = [values(n, ae, "kept") - values(n, ae, "zeroed") for ae in ae_names]
+    shuffled = values(n, "model", "kept") - values(n, "model", "shuffled")
+    gap = values(n, "model", "kept") - values(n, "baseline", "kept")
+    lines.append(f"| {n} | {interval(carried[0])} | {interval(carried[1])} | {interval(shuffled)} "
+                 f"| {interval(gap)} |")
+open(os.path.join(R, "channel_tail.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -84,11 +84,12 @@ autoencoders() {  # autoencoders DIR [FLAGS...]: the quick start's pair, DIR/ae 
   wait_all
 }
 
-ae_length_run() {  # ae_length_run DIR ARM: ae_length.sh's 8800-step AE of one arm (plain, structured or
-  local flags=()   # max), a step file every 2200, in DIR/ARM; channel_tail.sh reads two of them
+ae_length_run() {  # ae_length_run DIR ARM [SEED]: ae_length.sh's 8800-step AE of one arm (plain, structured
+  local flags=()   # or max), a step file every 2200, in DIR/ARM; channel_tail.sh reads them for its seeds
   case $2 in
     plain) flags=(--no-structured) ;;
     max) flags=(--num-sample-latent-channels 2 --always-sample-max-channel) ;;
   esac
+  if [ "${3:-0}" != 0 ]; then flags+=(--seed "$3"); fi  # seed 0, the default, keeps ae_length.sh's command
   train "$1/$2" python train_ae.py "${flags[@]}" --max-steps 8800 --save-every 2200 --out "$1/$2"
 }
