@@ -237,15 +237,22 @@ def pair_log_speedups(base_steps, base, steps, arm, lower=True):
     return logs, bound, band
 
 
+def mean_interval(x):
+    """(mean, [low, high]) of independent values (..., N): the mean over the last axis and a 90 %
+    Student-t interval (None with one value). Also the studies' seed-paired differences in dB."""
+    n = x.shape[-1]
+    mean = x.mean(-1)
+    if n < 2:
+        return mean, None
+    half = t90(n - 1) * x.std(-1, ddof=1) / np.sqrt(n)
+    return mean, np.stack([mean - half, mean + half], -1)
+
+
 def speedup_interval(logs):
     """(estimate, [low, high]) of the speed-up from independent pairs' log speed-ups (..., P): the
     geometric mean and a 90 % Student-t interval over the pairs (None with one pair)."""
-    n = logs.shape[-1]
-    mean = logs.mean(-1)
-    if n < 2:
-        return np.exp(mean), None
-    half = t90(n - 1) * logs.std(-1, ddof=1) / np.sqrt(n)
-    return np.exp(mean), np.stack([np.exp(mean - half), np.exp(mean + half)], -1)
+    mean, ci = mean_interval(logs)
+    return np.exp(mean), None if ci is None else np.exp(ci)
 
 
 def difference_interval(logs_a, logs_b):

@@ -30,7 +30,7 @@ done
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$S" "$WAYS" "${SEEDS:-0 1}" <<'PY'
 import json, os, sys
 import numpy as np
-from dcaelib.curves import t90
+from dcaelib.curves import mean_interval
 S, ways, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 psnr = {w: np.array([[json.load(open(os.path.join(S, f"{w}-s{s}.json")))["results"]["model"][c]["psnr"]
                       for c in ("8", "32", "64")] for s in seeds]) for w in ways}
@@ -39,9 +39,10 @@ lines = ["| c' drawn | seeds | PSNR c/8 | c/2 | c | gap to the plain AE at c (90
 for w in ways:
     gap = psnr[w][:, 2] - psnr["plain"][:, 2]
     n = len(gap)
-    half = t90(n - 1) * gap.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    mean, ci = mean_interval(gap)
+    low, high = (float("nan"),) * 2 if ci is None else ci
     cells = " | ".join(f"{v:.2f}" for v in psnr[w].mean(0))
-    gap_cell = "-" if w == "plain" else f"{gap.mean():+.2f} dB ({gap.mean() - half:+.2f} to {gap.mean() + half:+.2f})"
+    gap_cell = "-" if w == "plain" else f"{mean:+.2f} dB ({low:+.2f} to {high:+.2f})"
     lines.append(f"| {w} | {n} | {cells} | {gap_cell} |")
 open(os.path.join(S, "c_prime_sampling.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

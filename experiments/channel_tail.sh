@@ -30,7 +30,7 @@ done
 [ "${DRY_RUN:-0}" = 1 ] || "$PYTHON" - "$RUNS" "$LENGTHS" "$SEEDS" <<'PY'
 import json, os, sys
 import numpy as np
-from dcaelib.curves import t90
+from dcaelib.curves import mean_interval
 R, lengths, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 # tail[n][ae][way][metric]: one value a seed
 tail = {n: [json.load(open(os.path.join(R, f"channel_tail-s{s}-{n}.json")))["tail"] for s in seeds]
@@ -38,10 +38,8 @@ tail = {n: [json.load(open(os.path.join(R, f"channel_tail-s{s}-{n}.json")))["tai
 def values(n, ae, way, metric="psnr"):
     return np.array([t[ae][way][metric] for t in tail[n]])
 def interval(x):  # mean (90 % interval over seeds); one seed: the value alone
-    if len(x) < 2:
-        return f"{x.mean():.2f}"
-    half = t90(len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():.2f} ({x.mean() - half:.2f} to {x.mean() + half:.2f})"
+    mean, ci = mean_interval(x)
+    return f"{mean:.2f}" if ci is None else f"{mean:.2f} ({ci[0]:.2f} to {ci[1]:.2f})"
 ae_names = {"model": "structured", "baseline": "plain"}
 cols = [(n, ae) for n in lengths for ae in ae_names]
 lines = [f"| channels 33-64 ({len(seeds)} seed{'s' * (len(seeds) > 1)}, mean) | "
